@@ -1,0 +1,23 @@
+import { z } from 'zod';
+import { modelSchema } from './model-schema.ts';
+import { trainingSchema } from './training-schema.ts';
+import { dataSchema } from './data-schema.ts';
+import { runtimeSchema } from './runtime-schema.ts';
+
+/** A whole job: what to train (model, data, training) and how to run it (runtime). */
+export const configSchema = z.strictObject({
+  /** A short name for the job, used in logs and object names. */
+  name: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lowercase letters, digits and dashes, at most 63')
+    .default('parti'),
+  model: modelSchema,
+  data: dataSchema.prefault({}),
+  training: trainingSchema,
+  runtime: runtimeSchema.prefault({}),
+});
+
+/** A validated config with every default filled in. */
+export type Config = z.infer<typeof configSchema>;
+/** What a YAML file may say: defaults may be left out. */
+export type ConfigInput = z.input<typeof configSchema>;

@@ -1,0 +1,57 @@
+import { z } from 'zod';
+
+export const optimizerSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('adamw'),
+    lr: z.number().positive(),
+    beta1: z.number().min(0).max(1).default(0.9),
+    beta2: z.number().min(0).max(1).default(0.98),
+    eps: z.number().positive().default(1e-8),
+    weightDecay: z.number().min(0).default(0.01),
+  }),
+  z.strictObject({
+    type: z.literal('adafactor'),
+    lr: z.number().positive(),
+    beta1: z.number().min(0).max(1).default(0),
+    /** Decay rate exponent of the second-moment estimate (Adafactor: 0.8). */
+    decayRate: z.number().min(0).max(1).default(0.8),
+    eps1: z.number().positive().default(1e-30),
+    eps2: z.number().positive().default(1e-3),
+    clipThreshold: z.number().positive().default(1),
+    weightDecay: z.number().min(0).default(0),
+  }),
+]);
+export type OptimizerConfig = z.infer<typeof optimizerSchema>;
+
+export const scheduleSchema = z.strictObject({
+  warmupSteps: z.number().int().min(0).default(0),
+  decay: z.enum(['constant', 'linear', 'cosine', 'rsqrt']).default('cosine'),
+  /** Final learning rate as a fraction of the peak (linear and cosine). */
+  minLrRatio: z.number().min(0).max(1).default(0.1),
+});
+export type ScheduleConfig = z.infer<typeof scheduleSchema>;
+
+/** One training stage: the tokenizer, Parti itself, or the upsampler. */
+export const stageSchema = z.strictObject({
+  steps: z.number().int().min(0),
+  /** Global batch size: the samples one optimizer step consumes, across all workers. */
+  batchSize: z.number().int().min(1),
+  /** Largest batch one forward/backward runs at once; larger shares are accumulated. */
+  microBatchSize: z.number().int().min(1).optional(),
+  optimizer: optimizerSchema,
+  schedule: scheduleSchema.prefault({}),
+  /** Clip gradients to this global L2 norm; 0 turns clipping off. */
+  clipNorm: z.number().min(0).default(1),
+});
+export type StageConfig = z.infer<typeof stageSchema>;
+
+export const trainingSchema = z.strictObject({
+  /** Seeds parameters, data order, dropout and sampling. */
+  seed: z.number().int().min(0).max(2 ** 31 - 1).default(0),
+  tokenizer: stageSchema,
+  parti: stageSchema,
+  upsampler: stageSchema.optional(),
+  /** Print a progress line every this many steps. */
+  logEvery: z.number().int().min(1).default(10),
+});
+export type TrainingConfig = z.infer<typeof trainingSchema>;
