@@ -57,6 +57,7 @@ export function parseConfigText(text: string, source: string): Config {
 const NOT_HASHED: readonly (readonly string[])[] = [
   ['name'],
   ['runtime'],
+  ['dashboard'],
   ['training', 'logEvery'],
   ['data', 'badSamplePolicy'],
 ];

@@ -3,6 +3,7 @@ import { modelSchema } from './model-schema.ts';
 import { trainingSchema } from './training-schema.ts';
 import { dataSchema } from './data-schema.ts';
 import { runtimeSchema } from './runtime-schema.ts';
+import { dashboardSchema } from './dashboard-schema.ts';
 
 /** A whole job: what to train (model, data, training) and how to run it (runtime). */
 export const configSchema = z.strictObject({
@@ -15,6 +16,7 @@ export const configSchema = z.strictObject({
   data: dataSchema.prefault({}),
   training: trainingSchema,
   runtime: runtimeSchema.prefault({}),
+  dashboard: dashboardSchema.prefault({}),
 });
 
 /** A validated config with every default filled in. */
