@@ -26,7 +26,16 @@ export interface PutOptions {
 }
 
 /** Why an object operation failed, for callers that count or branch on it. */
-export type StorageFailure = 'not-found' | 'denied' | 'timeout' | 'network' | 'server' | 'other';
+export type StorageFailure =
+  | 'not-found'
+  | 'denied'
+  | 'timeout'
+  | 'network'
+  | 'server'
+  /** The key is not a relative `/`-separated path (empty, `..`, leading `/`...). */
+  | 'invalid-key'
+  | 'aborted'
+  | 'other';
 
 export interface ObjectStore {
   /** The store's URL, without credentials (safe to log). */
@@ -43,4 +52,12 @@ export interface ObjectStore {
   list(prefix: string): Promise<ObjectInfo[]>;
   /** Deletes an object; deleting a missing object is not an error. */
   delete(key: string): Promise<void>;
+  /**
+   * Removes what interrupted writes left under prefix and that started before `olderThan`:
+   * temp files (file://) or multipart uploads never completed (s3://). Returns how many it removed.
+   * Call it only when no write under prefix may still be running (or with a safe `olderThan`).
+   */
+  cleanupIncomplete(prefix: string, olderThan: Date): Promise<number>;
+  /** Releases sockets and handles. The store must not be used afterwards. */
+  close(): Promise<void>;
 }
