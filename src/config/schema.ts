@@ -4,6 +4,7 @@ import { trainingSchema } from './training-schema.ts';
 import { dataSchema } from './data-schema.ts';
 import { runtimeSchema } from './runtime-schema.ts';
 import { dashboardSchema } from './dashboard-schema.ts';
+import { checkpointSchema } from './checkpoint-schema.ts';
 
 /** A whole job: what to train (model, data, training) and how to run it (runtime). */
 export const configSchema = z.strictObject({
@@ -17,6 +18,7 @@ export const configSchema = z.strictObject({
   training: trainingSchema,
   runtime: runtimeSchema.prefault({}),
   dashboard: dashboardSchema.prefault({}),
+  checkpoint: checkpointSchema.prefault({}),
 });
 
 /** A validated config with every default filled in. */
