@@ -16,7 +16,10 @@ export const optimizerSchema = z.discriminatedUnion('type', [
     /** Decay rate exponent of the second-moment estimate (Adafactor: 0.8). */
     decayRate: z.number().min(0).max(1).default(0.8),
     eps1: z.number().positive().default(1e-30),
+    /** Floor of the parameter RMS that scales the step when scaleParameter is on. */
     eps2: z.number().positive().default(1e-3),
+    /** Scale each step by the parameter's RMS (Adafactor's relative step size); off: lr is absolute. */
+    scaleParameter: z.boolean().default(false),
     clipThreshold: z.number().positive().default(1),
     weightDecay: z.number().min(0).default(0),
   }),

@@ -1,0 +1,109 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * The few tensor ops the models are written with, and the one place that works around the gaps of
+ * the tfjs wasm backend (see ../shared/notes/measured-facts.md):
+ *
+ * - Transposed matmuls leave wasm's fast path (NT ~10x, TN ~40x slower than NN), and tfjs's own
+ *   matmul gradient uses them. `matmul` and `batchMatmul` carry a custom gradient that transposes
+ *   explicitly and then multiplies NN.
+ * - Rank-3 x rank-2 products are slow too, so layers work on 2-D activations [B*T, D].
+ * - The gradient of `gather` needs UnsortedSegmentSum, which wasm lacks: `embed` is a one-hot
+ *   matmul there (its gradient is one more NN matmul), and `crossEntropy` picks the target logit
+ *   with a one-hot product instead of a gather.
+ * - wasm's OneHot ignores its dtype: `oneHot` casts.
+ * - tfjs has no stopGradient op: `stopGradient` is an identity with a zero gradient.
+ *
+ * On the native backend (tfjs-node) the plain ops are used.
+ */
+
+/**
+ * One-hot rows as float32. The wasm OneHot kernel ignores the dtype argument and writes int32
+ * bits into a float32 tensor (1 reads as 1.4e-45), so build int32 and cast.
+ */
+export function oneHot(ids: tf.Tensor1D, depth: number): tf.Tensor2D {
+  return tf.cast(tf.oneHot(ids, depth), 'float32') as tf.Tensor2D;
+}
+
+function onWasm(): boolean {
+  return tf.getBackend() === 'wasm';
+}
+
+type Grad2 = (a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[] };
+
+const matmulNN = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([a, b]);
+  return {
+    value: tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D),
+    gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
+      tf.matMul(dy as tf.Tensor2D, tf.transpose(sb!) as tf.Tensor2D),
+      tf.matMul(tf.transpose(sa!) as tf.Tensor2D, dy as tf.Tensor2D),
+    ],
+  };
+}) as Grad2 as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+const batchMatmulNN = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([a, b]);
+  return {
+    value: tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D),
+    gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
+      tf.matMul(dy as tf.Tensor3D, tf.transpose(sb!, [0, 2, 1]) as tf.Tensor3D),
+      tf.matMul(tf.transpose(sa!, [0, 2, 1]) as tf.Tensor3D, dy as tf.Tensor3D),
+    ],
+  };
+}) as Grad2 as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+/** a [M, K] x b [K, N] -> [M, N], with a gradient that stays on fast kernels. */
+export function matmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
+  return (onWasm() ? matmulNN(a, b) : tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D)) as tf.Tensor2D;
+}
+
+/** a [N, M, K] x b [N, K, P] -> [N, M, P] (no broadcasting), gradient on fast kernels. */
+export function batchMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor3D {
+  return (onWasm() ? batchMatmulNN(a, b) : tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D)) as tf.Tensor3D;
+}
+
+/** x [N, Din] W [Din, Dout] + b [Dout]. */
+export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor2D {
+  const y = matmul(x, w);
+  return (b ? tf.add(y, b) : y) as tf.Tensor2D;
+}
+
+/** Rows of `table` [V, D] for integer `ids` [N] -> [N, D]. */
+export function embed(ids: tf.Tensor1D, table: tf.Tensor): tf.Tensor2D {
+  if (!onWasm()) return tf.gather(table, ids) as tf.Tensor2D;
+  return matmul(oneHot(ids, table.shape[0]!), table);
+}
+
+const stopGradientOp = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  void save;
+  return { value: tf.clone(x), gradFunc: (dy: tf.Tensor) => [tf.zerosLike(dy)] };
+}) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+
+/** Identity forward, zero gradient backward. */
+export function stopGradient<T extends tf.Tensor>(x: T): T {
+  return stopGradientOp(x) as T;
+}
+
+/**
+ * Per-row softmax cross-entropy: logits [N, V], integer targets [N] -> losses [N] (nats).
+ */
+export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+  const logp = tf.logSoftmax(logits);
+  return tf.neg(tf.sum(tf.mul(logp, oneHot(targets, logits.shape[1])), 1)) as tf.Tensor1D;
+}
+
+/** LayerNorm over the last axis of x [N, D] with gain g and bias b [D]. */
+export function layerNorm(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, eps = 1e-5): tf.Tensor2D {
+  const mean = tf.mean(x, -1, true);
+  const xc = tf.sub(x, mean);
+  const variance = tf.mean(tf.square(xc), -1, true);
+  return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(variance, eps))), g), b) as tf.Tensor2D;
+}
+
+/** GELU, tanh approximation (as in GPT-2 / T5 MLPs). */
+export function gelu(x: tf.Tensor): tf.Tensor {
+  const c = Math.sqrt(2 / Math.PI);
+  const inner = tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), c);
+  return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
+}
