@@ -1,0 +1,298 @@
+import type {
+  V1ConfigMap,
+  V1Container,
+  V1Deployment,
+  V1EnvVar,
+  V1Job,
+  V1PodSecurityContext,
+  V1ResourceRequirements,
+  V1SecurityContext,
+  V1Service,
+  V1Volume,
+  V1VolumeMount,
+} from '@kubernetes/client-node';
+import { configMapHashSuffix } from './config-map-hash.ts';
+
+/**
+ * The Kubernetes objects of one parti job, built from the same values as deploy/k8s (kustomize):
+ * for the same config, image, worker count, GPU count and namespace, `parti launch k8s --dry-run`
+ * prints exactly what `kubectl kustomize` renders (test/k8s-manifests.test.ts checks it). Change
+ * both together.
+ */
+
+/** Ports the processes listen on inside their pods. */
+export const COORDINATOR_GRPC_PORT = 7070;
+export const COORDINATOR_HTTP_PORT = 8470;
+export const WORKER_COLLECTIVE_PORT = 7071;
+
+/** Where the job config is mounted in every pod. */
+export const CONFIG_MOUNT_DIR = '/etc/parti';
+export const CONFIG_KEY = 'config.yaml';
+/** Scratch space for a process (an emptyDir; the durable state is in the checkpoint bucket). */
+export const RUN_DIR = '/var/lib/parti';
+
+/** Secrets the pods read; `parti launch` checks that they exist before creating anything. */
+export const DEFAULT_S3_SECRET = 'parti-s3';
+export const DEFAULT_DASHBOARD_SECRET = 'parti-dashboard';
+/** The key of the dashboard Secret that holds the bearer token. */
+export const DASHBOARD_TOKEN_KEY = 'token';
+
+/** Labels: every object of a job carries NAME_LABEL=parti and INSTANCE_LABEL=<job name>. */
+export const NAME_LABEL = 'app.kubernetes.io/name';
+export const INSTANCE_LABEL = 'app.kubernetes.io/instance';
+export const COMPONENT_LABEL = 'app.kubernetes.io/component';
+
+/** What a job is made of. */
+export interface JobObjectsInput {
+  /** The job's name (the config's `name`): objects are NAME-coordinator, NAME-workers, NAME-config-HASH. */
+  name: string;
+  /** The config file's text, stored verbatim in the ConfigMap under config.yaml. */
+  configText: string;
+  /** The container image of the coordinator and the workers. */
+  image: string;
+  /** Worker pods (the Job's completions and parallelism, and the coordinator's --workers). */
+  workers: number;
+  /** NVIDIA GPUs per worker pod; 0 for CPU workers (the wasm backend). */
+  gpusPerWorker: number;
+  /** Namespace written into every object; left out when undefined (kubectl's current namespace). */
+  namespace?: string;
+  /** Secret with the S3 credentials, given to every pod as environment (AWS_ACCESS_KEY_ID, …). */
+  s3Secret?: string;
+  /** Secret whose `token` key protects the dashboard. */
+  dashboardSecret?: string;
+}
+
+/** The five objects of a job, in the order they are applied. */
+export interface JobObjects {
+  configMap: V1ConfigMap;
+  coordinatorService: V1Service;
+  workersService: V1Service;
+  coordinator: V1Deployment;
+  workers: V1Job;
+}
+
+/** The names of a job's objects (the ConfigMap's also depends on the config). */
+export function jobObjectNames(name: string): { coordinator: string; workers: string; configPrefix: string } {
+  return { coordinator: `${name}-coordinator`, workers: `${name}-workers`, configPrefix: `${name}-config` };
+}
+
+/** The label selector that finds every object and pod of a job. */
+export function jobSelector(name: string): string {
+  return `${NAME_LABEL}=parti,${INSTANCE_LABEL}=${name}`;
+}
+
+/** Builds the objects of a job. Pure: the same input gives the same objects. */
+export function buildJobObjects(input: JobObjectsInput): JobObjects {
+  const { name, image, workers, gpusPerWorker, namespace } = input;
+  const s3Secret = input.s3Secret ?? DEFAULT_S3_SECRET;
+  const dashboardSecret = input.dashboardSecret ?? DEFAULT_DASHBOARD_SECRET;
+  const names = jobObjectNames(name);
+  const ns = namespace === undefined ? {} : { namespace };
+  const labels = (component: 'coordinator' | 'worker') => ({
+    [COMPONENT_LABEL]: component,
+    [INSTANCE_LABEL]: name,
+    [NAME_LABEL]: 'parti',
+  });
+
+  const data = { [CONFIG_KEY]: input.configText };
+  const configMapName = `${names.configPrefix}-${configMapHashSuffix(data)}`;
+  const configMap: V1ConfigMap = {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: { name: configMapName, ...ns, labels: { [INSTANCE_LABEL]: name, [NAME_LABEL]: 'parti' } },
+    data,
+  };
+
+  const coordinatorService: V1Service = {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: names.coordinator, ...ns, labels: labels('coordinator') },
+    spec: {
+      type: 'ClusterIP',
+      publishNotReadyAddresses: true,
+      selector: labels('coordinator'),
+      ports: [
+        { name: 'grpc', port: COORDINATOR_GRPC_PORT, targetPort: 'grpc', appProtocol: 'kubernetes.io/h2c' },
+        { name: 'http', port: COORDINATOR_HTTP_PORT, targetPort: 'http', appProtocol: 'http' },
+      ],
+    },
+  };
+
+  const workersService: V1Service = {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: names.workers, ...ns, labels: labels('worker') },
+    spec: {
+      clusterIP: 'None',
+      publishNotReadyAddresses: true,
+      selector: labels('worker'),
+      ports: [{ name: 'collective', port: WORKER_COLLECTIVE_PORT, targetPort: 'collective' }],
+    },
+  };
+
+  const volumes: V1Volume[] = [
+    { name: 'config', configMap: { name: configMapName } },
+    { name: 'run', emptyDir: {} },
+    { name: 'tmp', emptyDir: {} },
+  ];
+  const volumeMounts: V1VolumeMount[] = [
+    { name: 'config', mountPath: CONFIG_MOUNT_DIR, readOnly: true },
+    { name: 'run', mountPath: RUN_DIR },
+    { name: 'tmp', mountPath: '/tmp' },
+  ];
+  const podSecurityContext: V1PodSecurityContext = {
+    runAsNonRoot: true,
+    runAsUser: 1000,
+    runAsGroup: 1000,
+    fsGroup: 1000,
+    seccompProfile: { type: 'RuntimeDefault' },
+  };
+  const containerSecurityContext: V1SecurityContext = {
+    allowPrivilegeEscalation: false,
+    readOnlyRootFilesystem: true,
+    capabilities: { drop: ['ALL'] },
+  };
+  const configFile = `${CONFIG_MOUNT_DIR}/${CONFIG_KEY}`;
+  const s3Env = [{ secretRef: { name: s3Secret } }];
+
+  const coordinatorContainer: V1Container = {
+    name: 'coordinator',
+    image,
+    args: [
+      'coordinator',
+      '--config',
+      configFile,
+      '--run-dir',
+      RUN_DIR,
+      '--workers',
+      '$(PARTI_WORKERS)',
+      '--host',
+      '0.0.0.0',
+      '--port',
+      String(COORDINATOR_GRPC_PORT),
+      '--dashboard-host',
+      '0.0.0.0',
+      '--dashboard-port',
+      String(COORDINATOR_HTTP_PORT),
+    ],
+    env: [
+      { name: 'PARTI_WORKERS', value: String(workers) },
+      { name: 'PARTI_LOG_FORMAT', value: 'json' },
+      { name: 'PARTI_DASHBOARD_TOKEN', valueFrom: { secretKeyRef: { name: dashboardSecret, key: DASHBOARD_TOKEN_KEY } } },
+    ],
+    envFrom: s3Env,
+    ports: [
+      { name: 'grpc', containerPort: COORDINATOR_GRPC_PORT },
+      { name: 'http', containerPort: COORDINATOR_HTTP_PORT },
+    ],
+    startupProbe: { httpGet: { path: '/healthz', port: 'http' }, periodSeconds: 5, failureThreshold: 120 },
+    livenessProbe: {
+      httpGet: { path: '/healthz', port: 'http' },
+      periodSeconds: 10,
+      timeoutSeconds: 5,
+      failureThreshold: 3,
+    },
+    readinessProbe: { httpGet: { path: '/readyz', port: 'http' }, periodSeconds: 5, timeoutSeconds: 3 },
+    resources: { requests: { cpu: '1', memory: '2Gi' }, limits: { memory: '4Gi' } },
+    securityContext: containerSecurityContext,
+    volumeMounts,
+  };
+
+  const coordinator: V1Deployment = {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: { name: names.coordinator, ...ns, labels: labels('coordinator') },
+    spec: {
+      replicas: 1,
+      strategy: { type: 'Recreate' },
+      selector: { matchLabels: labels('coordinator') },
+      template: {
+        metadata: { labels: labels('coordinator') },
+        spec: {
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          terminationGracePeriodSeconds: 120,
+          securityContext: podSecurityContext,
+          containers: [coordinatorContainer],
+          volumes,
+        },
+      },
+    },
+  };
+
+  const workerEnv: V1EnvVar[] = [
+    { name: 'PARTI_JOB', valueFrom: { fieldRef: { fieldPath: `metadata.labels['${INSTANCE_LABEL}']` } } },
+    { name: 'PARTI_COORDINATOR', value: `$(PARTI_JOB)-coordinator:${COORDINATOR_GRPC_PORT}` },
+    { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+    { name: 'PARTI_LOG_FORMAT', value: 'json' },
+  ];
+  const gpuResources: V1ResourceRequirements = {
+    requests: { cpu: '4', memory: '16Gi', 'nvidia.com/gpu': String(gpusPerWorker) },
+    limits: { memory: '32Gi', 'nvidia.com/gpu': String(gpusPerWorker) },
+  };
+  const cpuResources: V1ResourceRequirements = { requests: { cpu: '2', memory: '6Gi' }, limits: { memory: '8Gi' } };
+  const workerContainer: V1Container = {
+    name: 'worker',
+    image,
+    args: [
+      'worker',
+      '--coordinator',
+      '$(PARTI_COORDINATOR)',
+      '--config',
+      configFile,
+      '--run-dir',
+      RUN_DIR,
+      '--host',
+      '$(POD_IP)',
+      '--port',
+      String(WORKER_COLLECTIVE_PORT),
+    ],
+    env: workerEnv,
+    envFrom: s3Env,
+    ports: [{ name: 'collective', containerPort: WORKER_COLLECTIVE_PORT }],
+    resources: gpusPerWorker > 0 ? gpuResources : cpuResources,
+    securityContext: containerSecurityContext,
+    volumeMounts,
+  };
+
+  const workersJob: V1Job = {
+    apiVersion: 'batch/v1',
+    kind: 'Job',
+    metadata: { name: names.workers, ...ns, labels: labels('worker') },
+    spec: {
+      completionMode: 'Indexed',
+      completions: workers,
+      parallelism: workers,
+      backoffLimitPerIndex: 3,
+      maxFailedIndexes: 0,
+      podFailurePolicy: {
+        rules: [
+          { action: 'FailJob', onExitCodes: { containerName: 'worker', operator: 'In', values: [2] } },
+          { action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget', status: 'True' }] },
+          { action: 'Ignore', onExitCodes: { containerName: 'worker', operator: 'In', values: [143] } },
+        ],
+      },
+      template: {
+        metadata: { labels: labels('worker') },
+        spec: {
+          restartPolicy: 'Never',
+          subdomain: names.workers,
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          terminationGracePeriodSeconds: 120,
+          securityContext: podSecurityContext,
+          ...(gpusPerWorker > 0 ? { tolerations: [{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }] } : {}),
+          containers: [workerContainer],
+          volumes,
+        },
+      },
+    },
+  };
+
+  return { configMap, coordinatorService, workersService, coordinator, workers: workersJob };
+}
+
+/** The objects in the order they are created: what the pods mount and dial comes first. */
+export function jobObjectList(objects: JobObjects): (V1ConfigMap | V1Service | V1Deployment | V1Job)[] {
+  return [objects.configMap, objects.coordinatorService, objects.workersService, objects.coordinator, objects.workers];
+}
