@@ -1,0 +1,197 @@
+import { PartiError } from '../errors.ts';
+
+/** What a frame is: tensor bytes of a collective, or the news that the sender aborted the epoch. */
+export type FrameKind = 'data' | 'abort';
+
+/** Phases of a collective; part of a frame's address so that frames never mix. */
+export const Phase = { reduceScatter: 1, allGather: 2, broadcastLength: 3, broadcastData: 4 } as const;
+
+/**
+ * One message between two workers (proto/collective.proto `Frame`). Every frame names the job and
+ * the membership epoch; receivers refuse frames of another job or an older epoch.
+ */
+export interface Frame {
+  jobId: string;
+  epoch: number;
+  fromRank: number;
+  op: number;
+  kind: FrameKind;
+  phase: number;
+  step: number;
+  chunk: number;
+  /** Why the sender aborted (kind 'abort'). */
+  reason: string;
+  /** Reserved for the job token; empty when the job has none. */
+  jobToken: Uint8Array;
+  /** Raw little-endian tensor bytes. A view: never copied by decode. */
+  payload: Uint8Array;
+}
+
+/** The subscription a receiver sends to open one stream of frames (proto `SubscribeRequest`). */
+export interface SubscribeRequest {
+  jobId: string;
+  epoch: number;
+  rank: number;
+  stream: number;
+  jobToken: Uint8Array;
+}
+
+const EMPTY = new Uint8Array(0);
+
+function varintLength(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 128);
+    n++;
+  }
+  return n;
+}
+
+function writeVarint(buf: Buffer, pos: number, v: number): number {
+  while (v >= 0x80) {
+    buf[pos++] = (v % 128) | 0x80;
+    v = Math.floor(v / 128);
+  }
+  buf[pos++] = v;
+  return pos;
+}
+
+/** Encodes fields in protobuf wire format; `bytes` fields are copied once, into the result. */
+class FieldWriter {
+  private readonly parts: (readonly [number, number | Uint8Array])[] = [];
+  private size = 0;
+  uint(field: number, v: number): this {
+    if (v !== 0) {
+      this.parts.push([field, v]);
+      this.size += varintLength(field << 3) + varintLength(v);
+    }
+    return this;
+  }
+  bytes(field: number, v: Uint8Array): this {
+    if (v.byteLength !== 0) {
+      this.parts.push([field, v]);
+      this.size += varintLength((field << 3) | 2) + varintLength(v.byteLength) + v.byteLength;
+    }
+    return this;
+  }
+  string(field: number, v: string): this {
+    return v.length === 0 ? this : this.bytes(field, Buffer.from(v, 'utf8'));
+  }
+  finish(): Buffer {
+    const out = Buffer.allocUnsafe(this.size);
+    let pos = 0;
+    for (const [field, v] of this.parts) {
+      if (typeof v === 'number') {
+        pos = writeVarint(out, pos, field << 3);
+        pos = writeVarint(out, pos, v);
+      } else {
+        pos = writeVarint(out, pos, (field << 3) | 2);
+        pos = writeVarint(out, pos, v.byteLength);
+        out.set(v, pos);
+        pos += v.byteLength;
+      }
+    }
+    return out;
+  }
+}
+
+/** Reads protobuf fields; `bytes` fields come back as views of the input. */
+function readFields(buf: Uint8Array, what: string, visit: (field: number, v: number | Uint8Array) => void): void {
+  let pos = 0;
+  const varint = (): number => {
+    let v = 0;
+    let mul = 1;
+    for (;;) {
+      if (pos >= buf.length) throw new PartiError('refused', `${what}: truncated message`);
+      const b = buf[pos++]!;
+      v += (b & 0x7f) * mul;
+      if (b < 0x80) return v;
+      mul *= 128;
+      if (mul > 2 ** 56) throw new PartiError('refused', `${what}: varint too long`);
+    }
+  };
+  while (pos < buf.length) {
+    const key = varint();
+    const field = Math.floor(key / 8);
+    const wire = key & 7;
+    if (wire === 0) visit(field, varint());
+    else if (wire === 2) {
+      const len = varint();
+      if (pos + len > buf.length) throw new PartiError('refused', `${what}: field ${field} overruns the message`);
+      visit(field, buf.subarray(pos, pos + len));
+      pos += len;
+    } else throw new PartiError('refused', `${what}: unsupported wire type ${wire} in field ${field}`);
+  }
+}
+
+const utf8 = new TextDecoder();
+
+export function encodeFrame(f: Frame): Buffer {
+  return new FieldWriter()
+    .string(1, f.jobId)
+    .uint(2, f.epoch)
+    .uint(3, f.fromRank)
+    .uint(4, f.op)
+    .uint(5, f.kind === 'abort' ? 1 : 0)
+    .uint(6, f.phase)
+    .uint(7, f.step)
+    .uint(8, f.chunk)
+    .string(9, f.reason)
+    .bytes(10, f.jobToken)
+    .bytes(15, f.payload)
+    .finish();
+}
+
+export function decodeFrame(buf: Uint8Array): Frame {
+  const f: Frame = {
+    jobId: '', epoch: 0, fromRank: 0, op: 0, kind: 'data', phase: 0, step: 0, chunk: 0, reason: '',
+    jobToken: EMPTY, payload: EMPTY,
+  };
+  readFields(buf, 'collective frame', (field, v) => {
+    switch (field) {
+      case 1: f.jobId = utf8.decode(v as Uint8Array); break;
+      case 2: f.epoch = v as number; break;
+      case 3: f.fromRank = v as number; break;
+      case 4: f.op = v as number; break;
+      case 5: f.kind = v === 1 ? 'abort' : 'data'; break;
+      case 6: f.phase = v as number; break;
+      case 7: f.step = v as number; break;
+      case 8: f.chunk = v as number; break;
+      case 9: f.reason = utf8.decode(v as Uint8Array); break;
+      case 10: f.jobToken = v as Uint8Array; break;
+      case 15: f.payload = v as Uint8Array; break;
+      default: break; // unknown fields are skipped, as protobuf does
+    }
+  });
+  return f;
+}
+
+export function encodeSubscribeRequest(r: SubscribeRequest): Buffer {
+  return new FieldWriter()
+    .string(1, r.jobId)
+    .uint(2, r.epoch)
+    .uint(3, r.rank)
+    .uint(4, r.stream)
+    .bytes(5, r.jobToken)
+    .finish();
+}
+
+export function decodeSubscribeRequest(buf: Uint8Array): SubscribeRequest {
+  const r: SubscribeRequest = { jobId: '', epoch: 0, rank: 0, stream: 0, jobToken: EMPTY };
+  readFields(buf, 'subscribe request', (field, v) => {
+    if (field === 1) r.jobId = utf8.decode(v as Uint8Array);
+    else if (field === 2) r.epoch = v as number;
+    else if (field === 3) r.rank = v as number;
+    else if (field === 4) r.stream = v as number;
+    else if (field === 5) r.jobToken = v as Uint8Array;
+  });
+  return r;
+}
+
+/** Constant-time-ish equality of two job tokens (both empty = equal). */
+export function sameToken(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.byteLength !== b.byteLength) return false;
+  let diff = 0;
+  for (let i = 0; i < a.byteLength; i++) diff |= a[i]! ^ b[i]!;
+  return diff === 0;
+}
