@@ -1,0 +1,52 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseTar, tarArchive } from './tar-format.ts';
+
+test('tar: what we write, we and GNU tar read back', () => {
+  const files = [
+    { name: 'a.txt', data: Buffer.from('hello') },
+    { name: 'a.png', data: Buffer.alloc(1000, 7) },
+    { name: 'b.txt', data: Buffer.alloc(0) },
+    { name: 'b.png', data: Buffer.alloc(512, 1) },
+  ];
+  const tar = tarArchive(files);
+  const parsed = parseTar(tar);
+  assert.deepEqual(parsed.problems, []);
+  assert.equal(parsed.truncated, false);
+  assert.deepEqual(parsed.entries.map((e) => [e.name, Buffer.from(e.data).toString('hex')]), files.map((f) => [f.name, f.data.toString('hex')]));
+  const dir = mkdtempSync(path.join(tmpdir(), 'parti-tar-'));
+  try {
+    writeFileSync(path.join(dir, 'x.tar'), tar);
+    assert.equal(execFileSync('tar', ['-tf', 'x.tar'], { cwd: dir, encoding: 'utf8' }), 'a.txt\na.png\nb.txt\nb.png\n');
+    execFileSync('tar', ['-xf', 'x.tar'], { cwd: dir });
+    assert.ok(readFileSync(path.join(dir, 'a.png')).equals(files[1]!.data));
+    // And a GNU tar archive reads back too.
+    execFileSync('tar', ['-cf', 'y.tar', 'a.txt', 'a.png'], { cwd: dir });
+    const gnu = parseTar(readFileSync(path.join(dir, 'y.tar')));
+    assert.deepEqual(gnu.entries.map((e) => e.name), ['a.txt', 'a.png']);
+    assert.deepEqual(gnu.problems, []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('tar: a corrupt header is skipped and parsing resumes at the next entry; truncation and non-tars are reported', () => {
+  const files = ['k1.txt', 'k1.png', 'k2.txt', 'k2.png'].map((name, i) => ({ name, data: Buffer.alloc(700, i + 1) }));
+  const tar = tarArchive(files);
+  const bad = Buffer.from(tar);
+  bad[1024 + 100] ^= 0xff; // the mode field of the 2nd header (entries are 512 + 1024 bytes)
+  bad[1536 + 5] ^= 0x01; // the name of the 2nd header
+  const parsed = parseTar(bad);
+  assert.deepEqual(parsed.entries.map((e) => e.name), ['k1.txt', 'k2.txt', 'k2.png']);
+  assert.deepEqual(parsed.problems, [{ kind: 'corrupt-header', offset: 1536 }]);
+  const cut = parseTar(tar.subarray(0, 1536 + 600));
+  assert.equal(cut.truncated, true);
+  assert.deepEqual(cut.entries.map((e) => e.name), ['k1.txt']);
+  assert.equal(parseTar(Buffer.from('not a tar at all')).notATar, true);
+  assert.equal(parseTar(Buffer.alloc(0)).notATar, true);
+  assert.equal(parseTar(Buffer.alloc(4096, 0x41)).notATar, true);
+});
