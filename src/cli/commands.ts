@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
+import { register as registerModel } from './model.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [];
+export const commands: ((program: Command) => void)[] = [registerModel];

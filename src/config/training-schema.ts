@@ -54,6 +54,11 @@ export const trainingSchema = z.strictObject({
   tokenizer: stageSchema,
   parti: stageSchema,
   upsampler: stageSchema.optional(),
+  /**
+   * A run directory (or its `tokenizer/` checkpoint directory) holding an already trained image
+   * tokenizer; when set, `parti train` skips the tokenizer stage and uses it.
+   */
+  tokenizerFrom: z.string().min(1).optional(),
   /** Print a progress line every this many steps. */
   logEvery: z.number().int().min(1).default(10),
 });
