@@ -2,18 +2,20 @@ import pino, { type Logger } from 'pino';
 
 /**
  * Structured logs. JSON lines (pino) with the bindings a process adds (job, rank, step, role);
- * readable lines when stderr is a terminal. Level from PARTI_LOG_LEVEL (default info).
+ * readable lines when stderr is a terminal. Level from PARTI_LOG_LEVEL (default info);
+ * PARTI_LOG_FORMAT=json or =pretty overrides the terminal check.
  * Logs go to stderr so that stdout stays for a command's output (JSON, tables).
  */
 function makeRoot(): Logger {
   const level = process.env.PARTI_LOG_LEVEL ?? 'info';
-  const pretty = process.stderr.isTTY && process.env.PARTI_LOG_FORMAT !== 'json';
+  const format = process.env.PARTI_LOG_FORMAT;
+  const pretty = format === 'pretty' || (process.stderr.isTTY && format !== 'json');
   if (pretty) {
     return pino({
       level,
       transport: {
         target: 'pino-pretty',
-        options: { destination: 2, colorize: true, ignore: 'pid,hostname', translateTime: 'HH:MM:ss' },
+        options: { destination: 2, colorize: process.stderr.isTTY, ignore: 'pid,hostname', translateTime: 'HH:MM:ss' },
       },
     });
   }
@@ -22,6 +24,34 @@ function makeRoot(): Logger {
 
 /** The process-wide logger. Use `log.child({ role, rank, job })` to add bindings. */
 export const log: Logger = makeRoot();
+
+/** The bindings that identify where a log line comes from. */
+export interface LogBindings {
+  /** The job id (config `name` plus a run suffix, as the coordinator assigns it). */
+  job?: string;
+  /** The worker's rank in the current membership epoch. */
+  rank?: number;
+  /** The process role. */
+  role?: 'coordinator' | 'worker' | 'launcher' | 'server';
+  /** The optimizer step a line is about. */
+  step?: number;
+  /** The worker id (stable across rank changes). */
+  worker?: string;
+}
+
+/**
+ * Adds bindings to every line the process logs from now on (through `log`, `stepLog` and
+ * tracers), e.g. `bindProcessLog({ role: 'worker', job, rank })` once a worker has joined, and
+ * again when its rank changes. Children made earlier with `log.child` keep their old bindings.
+ */
+export function bindProcessLog(bindings: LogBindings): void {
+  log.setBindings(bindings as Record<string, unknown>);
+}
+
+/** A child of `parent` (default: the process logger) that stamps every line with `step`. */
+export function stepLog(step: number, parent: Logger = log): Logger {
+  return parent.child({ step });
+}
 
 const enabled = new Set(
   (process.env.PARTI_TRACE ?? '')
@@ -33,12 +63,15 @@ const enabled = new Set(
 /** A debug tracer switched on by PARTI_TRACE=name[,name…] (or `*`); a no-op otherwise. */
 export type Tracer = ((msg: string, fields?: Record<string, unknown>) => void) & { readonly enabled: boolean };
 
-/** Returns the tracer called `name`. */
+/**
+ * Returns the tracer called `name` (e.g. `ring`, `membership`, `sse`). Its lines are debug detail
+ * at level info with `trace: name`, carrying the process bindings current when they are written.
+ */
 export function tracer(name: string): Tracer {
   const on = enabled.has(name) || enabled.has('*');
-  const child = on ? log.child({ trace: name }) : null;
   const fn = ((msg: string, fields?: Record<string, unknown>) => {
-    if (child) child.info(fields ?? {}, msg);
+    // A child per line (only when on) so that bindings added later by bindProcessLog show up.
+    if (on) log.child({ trace: name }).info(fields ?? {}, msg);
   }) as Tracer;
   Object.defineProperty(fn, 'enabled', { value: on });
   return fn;

@@ -1,0 +1,275 @@
+// The dashboard page: loads api/overview and api/history, then follows api/stream (SSE).
+// Plain ES modules, no build step; all URLs are relative so the page also works under a prefix.
+import { LiveChart } from './charts.js';
+import { ago, bytes, clock, dateTime, duration, num } from './format.js';
+
+const $ = (id) => document.getElementById(id);
+const chartSeries = ['loss', 'tokensPerSec', 'lr'];
+
+const state = {
+  job: null,
+  workers: new Map(),
+  checkpoints: new Map(),
+  events: [],
+  skipped: { samples: {}, steps: 0 },
+  gallery: [],
+  clockOffset: 0,
+  historyPoints: 600,
+};
+const charts = {};
+let refetchTimer = null;
+
+async function getJson(path) {
+  const res = await fetch(path, { headers: { accept: 'application/json' } });
+  if (res.status === 401) {
+    location.reload(); // the session ended: show the sign-in page
+    throw new Error('unauthorized');
+  }
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+const serverNow = () => Date.now() + state.clockOffset;
+
+// ---- job summary ----
+function renderJob() {
+  const j = state.job;
+  if (!j) return;
+  document.title = `${j.name} · step ${j.step} · parti`;
+  $('job-name').textContent = j.name;
+  const pill = $('job-state');
+  pill.textContent = j.state;
+  pill.dataset.state = j.state;
+  $('job-meta').textContent = `${j.jobId} · ${j.stage} · config ${j.configHash || '–'} · batch ${j.batchSize}`;
+  $('s-step').textContent = String(j.step);
+  $('s-total').textContent = String(j.totalSteps);
+  const frac = j.totalSteps > 0 ? Math.min(1, j.step / j.totalSteps) : 0;
+  $('s-progress').style.width = `${(frac * 100).toFixed(1)}%`;
+  const elapsed = j.updatedAt - j.startedAt;
+  const eta = j.step > 0 && j.totalSteps > j.step ? (elapsed / j.step) * (j.totalSteps - j.step) : undefined;
+  $('s-eta').textContent = `${duration(serverNow() - j.startedAt)} elapsed${eta !== undefined ? ` · ~${duration(eta)} left` : ''}`;
+  $('s-loss').textContent = num(j.loss, 4);
+  $('s-tps').textContent = num(j.tokensPerSec);
+  $('s-lr').textContent = num(j.lr);
+  $('s-workers').textContent = `${j.worldSize} / ${j.targetWorkers}`;
+  $('s-epoch').textContent = `min ${j.minWorkers} · epoch ${j.epoch}`;
+  $('s-skipped').textContent = num(j.skippedSamples);
+  $('s-skipped-sub').textContent = `samples · ${j.skippedSteps} steps`;
+  $('s-ckpt').textContent = j.lastCheckpointStep !== undefined ? `step ${j.lastCheckpointStep}` : '–';
+  const banner = $('job-error');
+  banner.hidden = !j.error;
+  banner.textContent = j.error ? `Job failed: ${j.error}` : '';
+}
+
+// ---- workers ----
+const liveStates = new Set(['joining', 'syncing', 'training', 'idle', 'leaving']);
+function renderWorkers() {
+  const rows = [...state.workers.values()].sort((a, b) => {
+    const la = liveStates.has(a.state) ? 0 : 1;
+    const lb = liveStates.has(b.state) ? 0 : 1;
+    return la - lb || (a.rank ?? 1e9) - (b.rank ?? 1e9) || a.id.localeCompare(b.id);
+  });
+  const body = $('workers').tBodies[0];
+  body.replaceChildren(
+    ...rows.map((w) => {
+      const since = serverNow() - w.lastHeartbeat;
+      const stale = liveStates.has(w.state) && since > 5000;
+      return el(
+        'tr',
+        { 'data-worker': w.id, 'data-state': w.state, class: liveStates.has(w.state) ? '' : 'gone' },
+        el('td', { class: 'num rank', text: w.rank ?? '–' }),
+        el('td', { class: 'mono', text: w.id }),
+        el('td', { class: 'mono', text: w.host }),
+        el('td', {}, el('span', { class: 'pill', 'data-state': w.state, text: w.state })),
+        el('td', { class: `num${stale ? ' warn' : ''}`, title: dateTime(w.lastHeartbeat), text: ago(since) }),
+        el('td', { class: 'num', text: w.step ?? '–' }),
+        el('td', { class: 'num', text: duration(w.stepMs) }),
+        el('td', { class: 'num', text: num(w.tokensPerSec) }),
+      );
+    }),
+  );
+  $('workers-empty').hidden = rows.length > 0;
+}
+
+// ---- checkpoints ----
+function renderCheckpoints() {
+  const rows = [...state.checkpoints.values()].sort((a, b) => b.step - a.step);
+  $('checkpoints').tBodies[0].replaceChildren(
+    ...rows.map((c) =>
+      el(
+        'tr',
+        { class: c.deleted ? 'gone' : '' },
+        el('td', { class: 'num', text: c.step }),
+        el('td', { text: dateTime(c.time) }),
+        el('td', { class: 'num', text: bytes(c.bytes) }),
+        el('td', { class: 'num', text: c.saveSeconds !== undefined ? duration(c.saveSeconds * 1000) : '–' }),
+        el('td', { class: 'mono ellipsis', title: c.uri, text: c.deleted ? `${c.uri} (deleted)` : c.uri }),
+      ),
+    ),
+  );
+  $('checkpoints-empty').hidden = rows.length > 0;
+  const last = rows.find((c) => !c.deleted);
+  $('s-ckpt-sub').textContent = last ? dateTime(last.time) : '';
+}
+
+// ---- events ----
+const maxEventsShown = 300;
+function eventItem(e) {
+  return el(
+    'li',
+    { 'data-kind': e.kind },
+    el('time', { datetime: new Date(e.time).toISOString(), text: clock(e.time) }),
+    el('span', { class: 'kind', text: e.kind }),
+    el('span', { class: 'msg', text: e.step !== undefined && !/step \d/.test(e.message) ? `${e.message} (step ${e.step})` : e.message }),
+  );
+}
+function renderEvents() {
+  const list = $('events');
+  list.replaceChildren(...state.events.slice(-maxEventsShown).reverse().map(eventItem));
+}
+function addEvent(e) {
+  state.events.push(e);
+  if (state.events.length > maxEventsShown * 2) state.events = state.events.slice(-maxEventsShown);
+  const list = $('events');
+  list.prepend(eventItem(e));
+  while (list.children.length > maxEventsShown) list.lastElementChild.remove();
+}
+function renderSkipped() {
+  const entries = Object.entries(state.skipped.samples).sort((a, b) => b[1] - a[1]);
+  $('skipped-reasons').replaceChildren(
+    ...entries.map(([reason, n]) => el('span', { class: 'chip', title: 'skipped samples by reason' }, el('b', { text: num(n) }), ` ${reason}`)),
+  );
+}
+
+// ---- gallery ----
+function renderGallery() {
+  const items = [...state.gallery].sort((a, b) => b.step - a.step || b.time - a.time);
+  $('gallery').replaceChildren(
+    ...items.map((g) =>
+      el(
+        'figure',
+        { class: 'sample' },
+        el('img', { src: g.image, alt: g.prompt, loading: 'lazy', width: 160, height: 160 }),
+        el('figcaption', {}, el('span', { class: 'prompt', text: g.prompt }), el('span', { class: 'muted small', text: `step ${g.step}` })),
+        g.attention.length
+          ? el(
+              'div',
+              { class: 'attn' },
+              ...g.attention.map((a) => el('figure', {}, el('img', { src: a.image, alt: `attention: ${a.token}`, loading: 'lazy' }), el('figcaption', { text: a.token }))),
+            )
+          : '',
+      ),
+    ),
+  );
+  $('gallery-empty').hidden = items.length > 0;
+  $('gallery-note').textContent = items.length ? `${items.length} shown` : '';
+}
+
+// ---- charts ----
+async function loadHistory() {
+  const h = await getJson(`api/history?series=${chartSeries.join(',')}&points=${state.historyPoints}`);
+  for (const s of chartSeries) {
+    const d = h.series[s] ?? { step: [], value: [] };
+    charts[s].setHistory(h.points, d.step, d.value);
+  }
+}
+function historyStale() {
+  if (refetchTimer) return;
+  refetchTimer = setTimeout(() => {
+    refetchTimer = null;
+    loadHistory().catch((err) => console.warn(err));
+  }, 500);
+}
+
+// ---- loading and live updates ----
+async function loadAll() {
+  const o = await getJson('api/overview');
+  state.clockOffset = o.now - Date.now();
+  state.historyPoints = o.historyPoints;
+  state.job = o.job;
+  state.workers = new Map(o.workers.map((w) => [w.id, w]));
+  state.checkpoints = new Map(o.checkpoints.map((c) => [c.step, c]));
+  state.events = o.events;
+  state.skipped = o.skipped;
+  state.gallery = o.gallery;
+  renderJob();
+  renderWorkers();
+  renderCheckpoints();
+  renderEvents();
+  renderSkipped();
+  renderGallery();
+  await loadHistory();
+}
+
+function setLive(s, text) {
+  $('live').dataset.state = s;
+  $('live-text').textContent = text;
+}
+
+function connect() {
+  const source = new EventSource('api/stream');
+  let lost = false;
+  source.addEventListener('open', () => {
+    setLive('live', 'live');
+    // After a reconnect the stream does not replay what was missed: load everything again.
+    if (lost) loadAll().catch((err) => console.warn(err));
+    lost = false;
+  });
+  source.addEventListener('error', () => {
+    lost = true;
+    setLive('lost', 'reconnecting');
+  });
+  const on = (type, fn) => source.addEventListener(type, (m) => fn(JSON.parse(m.data)));
+  on('job', (u) => {
+    state.job = u.job;
+    renderJob();
+  });
+  on('step', (u) => {
+    for (const s of chartSeries) charts[s].push(u.step.step, u.step[s]);
+  });
+  on('worker', (u) => {
+    state.workers.set(u.worker.id, u.worker);
+    renderWorkers();
+  });
+  on('event', (u) => {
+    addEvent(u.event);
+    if (u.event.kind === 'skipped-sample' && u.event.detail?.reason) {
+      const r = u.event.detail.reason;
+      state.skipped.samples[r] = (state.skipped.samples[r] ?? 0) + 1;
+      renderSkipped();
+    }
+  });
+  on('checkpoint', (u) => {
+    state.checkpoints.set(u.checkpoint.step, u.checkpoint);
+    renderCheckpoints();
+  });
+  on('gallery', (u) => {
+    state.gallery.push(u.item);
+    renderGallery();
+  });
+}
+
+for (const s of chartSeries) charts[s] = new LiveChart($(`chart-${s}`), s, historyStale);
+// Heartbeat ages and elapsed time move even when nothing arrives.
+setInterval(() => {
+  renderWorkers();
+  renderJob();
+}, 1000);
+loadAll()
+  .then(connect)
+  .catch((err) => {
+    setLive('lost', 'failed to load');
+    console.error(err);
+  });

@@ -1,0 +1,45 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+
+/** Runs a snippet in a fresh process (the logger reads its environment once) and returns its stderr lines. */
+function run(code: string, env: Record<string, string>): string[] {
+  const out = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], {
+    env: { ...process.env, PARTI_LOG_FORMAT: 'json', PARTI_TRACE: '', ...env },
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  assert.equal(out.status, 0, out.stderr);
+  return out.stderr.split('\n').filter((l) => l.startsWith('{'));
+}
+
+const snippet = `
+import { log, bindProcessLog, stepLog, tracer } from './src/observability/log.ts';
+const ring = tracer('ring');
+const other = tracer('other');
+bindProcessLog({ role: 'worker', job: 'tiny-1', rank: 1 });
+stepLog(42).info({ loss: 1.5 }, 'step done');
+ring('chunk sent', { bytes: 10 });
+other('never shown');
+log.info('plain');
+`;
+
+test('log lines are JSON with job, rank, role and step bindings; tracers follow PARTI_TRACE', () => {
+  const lines = run(snippet, { PARTI_TRACE: 'ring' }).map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.equal(lines.length, 3, JSON.stringify(lines));
+  const [step, trace, plain] = lines;
+  assert.deepEqual(
+    { job: step!.job, rank: step!.rank, role: step!.role, step: step!.step, loss: step!.loss, msg: step!.msg },
+    { job: 'tiny-1', rank: 1, role: 'worker', step: 42, loss: 1.5, msg: 'step done' },
+  );
+  assert.equal(trace!.trace, 'ring');
+  assert.equal(trace!.bytes, 10);
+  assert.equal(trace!.rank, 1, 'a tracer made before bindProcessLog still carries the bindings');
+  assert.equal(plain!.msg, 'plain');
+  assert.equal(plain!.step, undefined);
+});
+
+test('tracers are off without PARTI_TRACE and all on with *', () => {
+  assert.equal(run(snippet, {}).length, 2);
+  assert.equal(run(snippet, { PARTI_TRACE: '*' }).length, 4);
+});
