@@ -164,7 +164,7 @@ test('the page shows the worker table and charts that update live (SSE)', { time
   assert.equal(await page.locator('#checkpoints tbody tr').count(), 1);
   assert.match((await page.locator('#skipped-reasons').textContent()) ?? '', /1\s+decode/);
   // Every gallery image loaded (a broken image has naturalWidth 0).
-  await page.waitForFunction(() => [...document.querySelectorAll('#gallery img')].every((i) => (i as HTMLImageElement).complete && (i as HTMLImageElement).naturalWidth > 0), null, { timeout: 10_000 });
+  await page.waitForFunction(() => Array.from(document.querySelectorAll('#gallery img')).every((i) => (i as HTMLImageElement).complete && (i as HTMLImageElement).naturalWidth > 0), null, { timeout: 10_000 });
   await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
   assert.deepEqual(errors, []);
   await page.close();
