@@ -1,0 +1,551 @@
+/**
+ * The coordinator of one job, as an explicit state machine. It owns membership (ranks, ring
+ * order, membership epochs), the step clock and the step plan; it detects dead workers, aborts
+ * what was in flight and re-forms the ring; it commits a step only once every rank of the epoch
+ * holds the reduced gradient, so a step is applied exactly once or not at all. It never touches a
+ * gradient or a sample: it sends sample indices and reads reports.
+ */
+import { randomUUID } from 'node:crypto';
+import { log as rootLog } from '../observability/log.ts';
+import { PartiError } from '../errors.ts';
+import { Ledger } from './ledger.ts';
+import { rankSlice, type StepPlan } from './step-samples.ts';
+import type { Command, JoinReply, JoinRequest, StepReport } from './protocol.ts';
+
+/** What the coordinator needs to know about the job. Resolved once by the caller. */
+export interface CoordinatorOptions {
+  jobId: string;
+  configHash: string;
+  /** Optimizer steps of the job. */
+  totalSteps: number;
+  /** Samples per optimizer step, across all ranks. */
+  globalBatch: number;
+  /** Largest batch one forward/backward runs at once on a worker. */
+  microBatch: number;
+  plan: StepPlan;
+  /** The job starts when this many workers have joined; the ring never grows beyond it. */
+  targetWorkers: number;
+  /** The job goes on while at least this many workers are alive (elastic down to it). */
+  minWorkers: number;
+  heartbeatMs: number;
+  failureTimeoutMs: number;
+  stepDeadlineMs: number;
+  /** ZeRO stage 1: optimizer state is sharded, so a lost member means restoring from a checkpoint. */
+  zeroStage: 0 | 1;
+  /** Checkpoint every this many steps (0: only at the end and on stop). */
+  checkpointEvery: number;
+  /** Where committed checkpoints live; null: none are written. */
+  checkpoints: CheckpointCommitter | null;
+  /** Ledger file (test mode) or null. */
+  ledgerFile: string | null;
+}
+
+/** A checkpoint object one worker wrote. */
+export interface CheckpointObject {
+  key: string;
+  size: number;
+  sha256: string;
+}
+
+/** What the coordinator needs from checkpoint storage: where to resume, and the manifest commit. */
+export interface CheckpointCommitter {
+  /** The newest committed step, or null when there is none. */
+  latestStep(): Promise<number | null>;
+  /** Writes the manifest of step `step` listing every object (after they all landed). */
+  commit(step: number, worldSize: number, objects: CheckpointObject[]): Promise<void>;
+}
+
+/** A connected worker as the coordinator sees it. */
+interface Member {
+  readonly id: string;
+  readonly name: string;
+  readonly collectiveAddress: string;
+  readonly joinedAt: number;
+  lastHeartbeat: number;
+  /** Sends a command on the worker's stream; null until the stream is open. */
+  send: ((cmd: Command) => void) | null;
+  /** Asked to leave at the next step boundary. */
+  leaving: boolean;
+  /** Holds the parameters and optimizer state of the current step (can be a sync source). */
+  synced: boolean;
+  state: string;
+}
+
+/** Lifecycle of the job. `between-steps` is the only state where membership may change. */
+export type CoordinatorPhase =
+  | { kind: 'waiting-for-workers' }
+  | { kind: 'between-steps' }
+  | { kind: 'forming'; epoch: number; pending: Set<string> }
+  | { kind: 'stepping'; epoch: number; step: number; pending: Set<string>; reports: StepReport[]; startedAt: number }
+  | { kind: 'checkpointing'; epoch: number; step: number; pending: Set<string>; objects: CheckpointObject[] }
+  | { kind: 'backoff'; until: number }
+  | { kind: 'done'; reason: string };
+
+/** A committed step, for listeners (dashboard, tests, benchmarks). */
+export interface StepSummary {
+  step: number;
+  epoch: number;
+  worldSize: number;
+  loss: number;
+  skipped: boolean;
+  /** Slowest rank's compute, all-reduce and optimizer times (ms). */
+  computeMs: number;
+  allReduceMs: number;
+  optimizerMs: number;
+  /** Wall time from sending the step to the last REDUCED report (ms). */
+  stepMs: number;
+  samples: number;
+  tokens: number;
+  gradNorm: number;
+  learningRate: number;
+  /** Optimizer-state bytes per worker (rank order). */
+  optimizerStateBytes: number[];
+  committedAt: number;
+}
+
+/** Something that happened, for logs and the dashboard's event list. */
+export interface CoordinatorEvent {
+  at: number;
+  kind: 'join' | 'refused' | 'failure' | 'abort' | 'reform' | 'leave' | 'skipped-step' | 'checkpoint' | 'done' | 'waiting';
+  message: string;
+}
+
+export class Coordinator {
+  readonly opts: CoordinatorOptions;
+  phase: CoordinatorPhase = { kind: 'waiting-for-workers' };
+  /** Optimizer steps committed (the parameters are the result of this many). */
+  step = 0;
+  /**
+   * Membership epoch; bumped at every re-form. It starts at the clock (ms) so that the epochs of a
+   * restarted coordinator are newer than any its workers saw before (collectives refuse old ones).
+   */
+  epoch = Date.now();
+  /** Member ids in ring (rank) order for the current epoch. */
+  ring: string[] = [];
+  readonly members = new Map<string, Member>();
+  skippedSteps = 0;
+  started = false;
+  /** Restore from this checkpoint step at the next re-form (set after recovery or total loss). */
+  private restoreStep: number | null = null;
+  private lastCheckpointStep: number | null = null;
+  private stopReason: string | null = null;
+  private readonly ledger: Ledger | null;
+  private readonly timer: NodeJS.Timeout;
+  private readonly log = rootLog.child({ role: 'coordinator' });
+  private doneResolve!: (summary: { step: number; reason: string }) => void;
+  /** Resolves when the job has finished (all steps done, or stopped). */
+  readonly done: Promise<{ step: number; reason: string }>;
+  readonly history: StepSummary[] = [];
+  readonly events: CoordinatorEvent[] = [];
+  private readonly listeners = new Set<(e: { type: 'step'; step: StepSummary } | { type: 'event'; event: CoordinatorEvent }) => void>();
+
+  constructor(opts: CoordinatorOptions) {
+    this.opts = opts;
+    this.ledger = opts.ledgerFile ? new Ledger(opts.ledgerFile) : null;
+    this.done = new Promise((resolve) => (this.doneResolve = resolve));
+    this.timer = setInterval(() => this.tick(), Math.max(20, Math.floor(opts.heartbeatMs / 2)));
+    this.timer.unref();
+  }
+
+  /** Recovers the step clock from the latest committed checkpoint (a restarted coordinator). */
+  async recover(): Promise<void> {
+    const latest = this.opts.checkpoints ? await this.opts.checkpoints.latestStep() : null;
+    if (latest !== null) {
+      this.step = latest;
+      this.lastCheckpointStep = latest;
+      this.restoreStep = latest;
+      this.log.info({ step: latest }, 'recovering the job from the latest committed checkpoint');
+    }
+    this.ledger?.truncateTo(this.step);
+  }
+
+  /** Subscribes to committed steps and events; returns the unsubscribe function. */
+  subscribe(fn: (e: { type: 'step'; step: StepSummary } | { type: 'event'; event: CoordinatorEvent }) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private event(kind: CoordinatorEvent['kind'], message: string, fields: Record<string, unknown> = {}): void {
+    const e = { at: Date.now(), kind, message };
+    this.events.push(e);
+    if (this.events.length > 1000) this.events.shift();
+    this.log.info({ ...fields, event: kind, step: this.step, epoch: this.epoch }, message);
+    for (const fn of this.listeners) fn({ type: 'event', event: e });
+  }
+
+  // ---- RPC entry points (called by the gRPC service) ----
+
+  /** A worker joins. Throws PartiError('refused') for another job or config. */
+  join(req: JoinRequest, paramCountCheck?: number): JoinReply {
+    if (req.jobId !== this.opts.jobId || req.configHash !== this.opts.configHash) {
+      const why =
+        req.jobId !== this.opts.jobId
+          ? `job id ${JSON.stringify(req.jobId)} is not this job's (${JSON.stringify(this.opts.jobId)})`
+          : `config hash ${req.configHash} differs from this job's ${this.opts.configHash}`;
+      this.event('refused', `refused worker ${req.workerName}: ${why}`);
+      throw new PartiError('refused', why);
+    }
+    if (this.phase.kind === 'done') throw new PartiError('refused', `job ${this.opts.jobId} has finished`);
+    void paramCountCheck;
+    const id = randomUUID().slice(0, 8);
+    const now = Date.now();
+    this.members.set(id, {
+      id,
+      name: req.workerName,
+      collectiveAddress: req.collectiveAddress,
+      joinedAt: now,
+      lastHeartbeat: now,
+      send: null,
+      leaving: false,
+      synced: false,
+      state: 'joined',
+    });
+    this.event('join', `worker ${req.workerName} joined as ${id}`, { worker: id });
+    return { workerId: id, jobId: this.opts.jobId, configHash: this.opts.configHash, heartbeatMs: this.opts.heartbeatMs };
+  }
+
+  /** The worker's command stream opened. */
+  attach(workerId: string, send: (cmd: Command) => void): void {
+    const m = this.members.get(workerId);
+    if (!m) throw new PartiError('refused', `unknown worker ${workerId} (join first)`);
+    m.send = send;
+    m.lastHeartbeat = Date.now();
+    this.advance();
+  }
+
+  /** The worker's command stream closed: it died or lost the connection. */
+  detach(workerId: string, why: string): void {
+    if (this.members.has(workerId)) this.removeMember(workerId, `command stream closed (${why})`);
+  }
+
+  /** A heartbeat; false when the worker is unknown (it must join again). */
+  heartbeat(workerId: string, state: string): boolean {
+    const m = this.members.get(workerId);
+    if (!m) return false;
+    m.lastHeartbeat = Date.now();
+    m.state = state;
+    return true;
+  }
+
+  /** A worker asks to leave at the next step boundary. */
+  leave(workerId: string, reason: string): boolean {
+    const m = this.members.get(workerId);
+    if (!m) return false;
+    m.leaving = true;
+    this.event('leave', `worker ${m.name} (${workerId}) leaves at the next step boundary: ${reason}`, { worker: workerId });
+    this.advance();
+    return true;
+  }
+
+  /** A report; false when it is stale (another epoch or step) and was ignored. */
+  report(r: StepReport): boolean {
+    const m = this.members.get(r.workerId);
+    if (!m) return false;
+    m.lastHeartbeat = Date.now();
+    const p = this.phase;
+    if (r.kind === 'FAILED') {
+      if ((p.kind === 'forming' || p.kind === 'stepping' || p.kind === 'checkpointing') && r.epoch === p.epoch) {
+        this.log.warn({ worker: r.workerId, epoch: r.epoch, error: r.error }, 'a worker failed in this epoch');
+        this.abortEpoch(`worker ${m.name} failed: ${r.error}`);
+      }
+      return true;
+    }
+    if (p.kind === 'forming' && r.kind === 'READY' && r.epoch === p.epoch) {
+      p.pending.delete(r.workerId);
+      m.synced = true;
+      if (p.pending.size === 0) {
+        this.phase = { kind: 'between-steps' };
+        this.advance();
+      }
+      return true;
+    }
+    if (p.kind === 'stepping' && r.kind === 'REDUCED' && r.epoch === p.epoch && r.step === p.step) {
+      if (!p.pending.delete(r.workerId)) return false;
+      p.reports.push(r);
+      if (p.pending.size === 0) this.commitStep(p);
+      return true;
+    }
+    if (p.kind === 'checkpointing' && r.kind === 'CHECKPOINTED' && r.epoch === p.epoch && r.step === p.step) {
+      if (!p.pending.delete(r.workerId)) return false;
+      if (r.checkpointObjectsJson) p.objects.push(...(JSON.parse(r.checkpointObjectsJson) as CheckpointObject[]));
+      if (p.pending.size === 0) void this.commitCheckpoint(p);
+      return true;
+    }
+    return r.kind === 'APPLIED';
+  }
+
+  /** Asks the job to stop at the next step boundary (after a checkpoint). */
+  requestStop(reason: string): void {
+    if (this.stopReason) return;
+    this.stopReason = reason;
+    this.event('done', `stop requested: ${reason}`);
+    this.advance();
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+
+  // ---- the state machine ----
+
+  private send(id: string, cmd: Command): void {
+    const m = this.members.get(id);
+    if (!m?.send) return;
+    try {
+      m.send(cmd);
+    } catch (err) {
+      this.removeMember(id, `cannot send a command: ${(err as Error).message}`);
+    }
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const m of [...this.members.values()]) {
+      if (now - m.lastHeartbeat > this.opts.failureTimeoutMs) this.removeMember(m.id, `no heartbeat for ${now - m.lastHeartbeat} ms`);
+    }
+    const p = this.phase;
+    if (p.kind === 'stepping' && now - p.startedAt > this.opts.stepDeadlineMs) {
+      this.abortEpoch(`step ${p.step} passed its deadline of ${this.opts.stepDeadlineMs} ms`);
+    } else if (p.kind === 'backoff' && now >= p.until) {
+      this.phase = { kind: 'between-steps' };
+      this.advance();
+    }
+  }
+
+  private removeMember(id: string, why: string): void {
+    const m = this.members.get(id);
+    if (!m) return;
+    this.members.delete(id);
+    const inRing = this.ring.includes(id);
+    this.event('failure', `worker ${m.name} (${id}) is gone: ${why}`, { worker: id });
+    if (!inRing) return;
+    const p = this.phase;
+    if (p.kind === 'forming' || p.kind === 'stepping' || p.kind === 'checkpointing') {
+      this.abortEpoch(`worker ${m.name} is gone`, 0);
+    } else {
+      this.advance();
+    }
+  }
+
+  /** Aborts what is in flight in the current epoch on every member; re-forms after `backoffMs`. */
+  private abortEpoch(reason: string, backoffMs = Math.min(500, this.opts.heartbeatMs)): void {
+    const p = this.phase;
+    if (p.kind !== 'forming' && p.kind !== 'stepping' && p.kind !== 'checkpointing') return;
+    this.event('abort', `aborting epoch ${p.epoch} (${p.kind}${p.kind === 'stepping' ? ` step ${p.step}` : ''}): ${reason}`);
+    for (const id of this.ring) this.send(id, { abort: { epoch: p.epoch, reason } });
+    if (p.kind === 'forming') {
+      // a broadcast may have been cut half way: only members that reported READY hold the state
+      for (const id of p.pending) {
+        const m = this.members.get(id);
+        if (m) m.synced = false;
+      }
+    }
+    // Force a re-form even when the same members remain: the collective of this epoch is aborted.
+    this.ring = [];
+    this.phase = backoffMs > 0 ? { kind: 'backoff', until: Date.now() + backoffMs } : { kind: 'between-steps' };
+    if (backoffMs === 0) this.advance();
+  }
+
+  /** Decides what to do next when nothing is in flight. */
+  private advance(): void {
+    const p = this.phase;
+    if (p.kind !== 'between-steps' && p.kind !== 'waiting-for-workers') return;
+    if (this.step >= this.opts.totalSteps || this.stopReason) {
+      this.finish(this.stopReason ?? 'all steps done');
+      return;
+    }
+    // Leavers that are out of the ring can go.
+    const alive = [...this.members.values()].filter((m) => m.send && !m.leaving);
+    const need = this.started ? this.opts.minWorkers : this.opts.targetWorkers;
+    if (alive.length < need) {
+      if (p.kind !== 'waiting-for-workers') this.event('waiting', `waiting for workers: ${alive.length} alive, ${need} needed`);
+      this.phase = { kind: 'waiting-for-workers' };
+      this.stopLeavers();
+      return;
+    }
+    const desired = this.desiredRing(alive);
+    if (!sameRing(desired, this.ring)) {
+      this.reform(desired);
+      return;
+    }
+    this.phase = { kind: 'between-steps' };
+    if (this.checkpointDue()) {
+      this.startCheckpoint();
+      return;
+    }
+    this.startStep();
+  }
+
+  /** Survivors keep their order; joiners fill up to the target size, oldest first. */
+  private desiredRing(alive: Member[]): string[] {
+    const aliveIds = new Set(alive.map((m) => m.id));
+    const ring = this.ring.filter((id) => aliveIds.has(id));
+    const joiners = alive.filter((m) => !ring.includes(m.id)).sort((a, b) => a.joinedAt - b.joinedAt);
+    for (const m of joiners) if (ring.length < this.opts.targetWorkers) ring.push(m.id);
+    return ring;
+  }
+
+  private reform(ring: string[]): void {
+    this.stopLeavers(ring);
+    this.epoch += 1;
+    this.started = true;
+    const members = ring.map((id) => this.members.get(id)!);
+    let restoreStep = -1;
+    let reset = false;
+    let syncFrom = -1;
+    const lostShard = this.opts.zeroStage === 1 && this.ring.length > 0 && this.ring.some((id) => !this.members.has(id));
+    if (this.restoreStep !== null || lostShard || members.every((m) => !m.synced)) {
+      // No member holds the state of the current step (or a ZeRO shard was lost): go back to the
+      // latest checkpoint, or to the start when there is none.
+      const from = this.restoreStep ?? this.lastCheckpointStep;
+      if (from !== null) {
+        restoreStep = from;
+      } else {
+        reset = true;
+      }
+      this.rollBackTo(from ?? 0);
+    } else {
+      const source = members.findIndex((m) => m.synced);
+      if (members.some((m) => !m.synced)) syncFrom = source;
+    }
+    this.restoreStep = null;
+    if (this.opts.zeroStage === 1 && syncFrom >= 0 && restoreStep < 0) {
+      // Optimizer shards are laid out for the old ring; only a checkpoint can re-shard them.
+      const from = this.lastCheckpointStep;
+      syncFrom = -1;
+      if (from !== null) restoreStep = from;
+      else reset = true;
+      this.rollBackTo(from ?? 0);
+    }
+    this.ring = ring;
+    const peers = members.map((m) => m.collectiveAddress);
+    this.event('reform', `membership epoch ${this.epoch}: ${ring.length} workers [${members.map((m) => m.name).join(', ')}] at step ${this.step}` +
+      (syncFrom >= 0 ? `, state from rank ${syncFrom}` : '') + (restoreStep >= 0 ? `, restoring checkpoint ${restoreStep}` : '') + (reset ? ', from initialization' : ''));
+    this.phase = { kind: 'forming', epoch: this.epoch, pending: new Set(ring) };
+    ring.forEach((id, rank) =>
+      this.send(id, {
+        reconfigure: { epoch: this.epoch, rank, peers, syncFromRank: syncFrom, restoreStep: reset ? -2 : restoreStep, step: this.step },
+      }),
+    );
+  }
+
+  private rollBackTo(step: number): void {
+    if (step !== this.step) this.event('reform', `rolling back from step ${this.step} to step ${step}`);
+    this.step = step;
+    this.ledger?.truncateTo(step);
+  }
+
+  private stopLeavers(keep: string[] = []): void {
+    for (const m of [...this.members.values()]) {
+      if (m.leaving && !keep.includes(m.id)) {
+        this.send(m.id, { stop: { reason: 'left at a step boundary' } });
+        this.members.delete(m.id);
+        this.ring = this.ring.filter((id) => id !== m.id);
+      }
+    }
+  }
+
+  private startStep(): void {
+    const { samples, dataEpoch } = this.opts.plan.samplesOf(this.step);
+    const n = this.ring.length;
+    this.phase = { kind: 'stepping', epoch: this.epoch, step: this.step, pending: new Set(this.ring), reports: [], startedAt: Date.now() };
+    this.ring.forEach((id, rank) =>
+      this.send(id, {
+        step: {
+          epoch: this.epoch,
+          step: this.step,
+          samples: rankSlice(samples, rank, n),
+          globalBatch: samples.length,
+          microBatch: this.opts.microBatch,
+          dataEpoch,
+        },
+      }),
+    );
+  }
+
+  private commitStep(p: Extract<CoordinatorPhase, { kind: 'stepping' }>): void {
+    const skipped = p.reports.some((r) => r.nonFinite);
+    const { samples, dataEpoch } = this.opts.plan.samplesOf(p.step);
+    // The decision point: every rank holds the reduced gradient, so the step is applied exactly once.
+    this.ledger?.append({ step: p.step, dataEpoch, samples, worldSize: this.ring.length, skipped });
+    this.step = p.step + 1;
+    for (const id of this.ring) this.send(id, { commit: { epoch: p.epoch, step: p.step } });
+    const byRank = this.ring.map((id) => p.reports.find((r) => r.workerId === id)!);
+    const max = (f: (r: StepReport) => number) => Math.max(...p.reports.map(f));
+    const summary: StepSummary = {
+      step: p.step,
+      epoch: p.epoch,
+      worldSize: this.ring.length,
+      loss: p.reports[0]!.loss,
+      skipped,
+      computeMs: max((r) => r.computeMs),
+      allReduceMs: max((r) => r.allReduceMs),
+      optimizerMs: max((r) => r.optimizerMs),
+      stepMs: Date.now() - p.startedAt,
+      samples: p.reports.reduce((n, r) => n + r.samples, 0),
+      tokens: p.reports.reduce((n, r) => n + r.tokens, 0),
+      gradNorm: p.reports[0]!.gradNorm,
+      learningRate: p.reports[0]!.learningRate,
+      optimizerStateBytes: byRank.map((r) => r.optimizerStateBytes),
+      committedAt: Date.now(),
+    };
+    if (skipped) {
+      this.skippedSteps += 1;
+      this.event('skipped-step', `step ${p.step} skipped on every rank: non-finite gradient (${this.skippedSteps} so far)`);
+    }
+    this.history.push(summary);
+    if (this.history.length > 100_000) this.history.shift();
+    for (const fn of this.listeners) fn({ type: 'step', step: summary });
+    this.phase = { kind: 'between-steps' };
+    this.advance();
+  }
+
+  private checkpointDue(): boolean {
+    if (!this.opts.checkpoints || this.lastCheckpointStep === this.step || this.failedCheckpointStep === this.step) return false;
+    return this.opts.checkpointEvery > 0 && this.step % this.opts.checkpointEvery === 0 && this.step > 0;
+  }
+
+  private startCheckpoint(): void {
+    this.phase = { kind: 'checkpointing', epoch: this.epoch, step: this.step, pending: new Set(this.ring), objects: [] };
+    for (const id of this.ring) this.send(id, { checkpoint: { step: this.step, epoch: this.epoch } });
+  }
+
+  private async commitCheckpoint(p: Extract<CoordinatorPhase, { kind: 'checkpointing' }>): Promise<void> {
+    try {
+      await this.opts.checkpoints!.commit(p.step, this.ring.length, p.objects);
+      this.lastCheckpointStep = p.step;
+      this.event('checkpoint', `checkpoint of step ${p.step} committed (${p.objects.length} objects)`);
+    } catch (err) {
+      // never half-committed: the manifest is not there; the next checkpoint step tries again
+      this.log.error({ err: (err as Error).message, step: p.step }, 'checkpoint commit failed');
+    }
+    if (this.phase === p) {
+      this.phase = { kind: 'between-steps' };
+      // a failed commit must not loop: mark the step as attempted
+      if (this.lastCheckpointStep !== p.step) this.failedCheckpointStep = p.step;
+      this.advance();
+    }
+  }
+
+  private failedCheckpointStep: number | null = null;
+
+  private finish(reason: string): void {
+    // A final checkpoint first, when there is a store and the ring is complete.
+    if (this.opts.checkpoints && this.lastCheckpointStep !== this.step && this.failedCheckpointStep !== this.step && this.ring.length > 0 && this.step > 0) {
+      const alive = this.ring.every((id) => this.members.get(id)?.send);
+      if (alive) {
+        this.startCheckpoint();
+        return;
+      }
+    }
+    for (const m of this.members.values()) this.send(m.id, { stop: { reason } });
+    this.phase = { kind: 'done', reason };
+    this.event('done', `job finished at step ${this.step}: ${reason}`);
+    this.close();
+    this.doneResolve({ step: this.step, reason });
+  }
+}
+
+function sameRing(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}

@@ -1,0 +1,209 @@
+/**
+ * The coordinator service contract (proto/coordinator.proto) as TypeScript: message types and the
+ * gRPC service definition, loaded with protobufjs at run time (no code generation). This module is
+ * the contract both roles share: the worker imports it and nothing else from src/coordinator.
+ */
+import { fileURLToPath } from 'node:url';
+import protobuf from 'protobufjs';
+import * as grpc from '@grpc/grpc-js';
+import { PartiError } from '../errors.ts';
+
+const PROTO_FILE = fileURLToPath(new URL('../../proto/coordinator.proto', import.meta.url));
+
+export interface JoinRequest {
+  jobId: string;
+  configHash: string;
+  workerName: string;
+  collectiveAddress: string;
+  paramCount: number;
+}
+export interface JoinReply {
+  workerId: string;
+  jobId: string;
+  configHash: string;
+  heartbeatMs: number;
+}
+export interface HeartbeatRequest {
+  jobId: string;
+  workerId: string;
+  state: string;
+}
+export interface HeartbeatReply {
+  known: boolean;
+}
+export interface CommandsRequest {
+  jobId: string;
+  workerId: string;
+}
+export interface ReconfigureCommand {
+  epoch: number;
+  rank: number;
+  peers: string[];
+  syncFromRank: number;
+  restoreStep: number;
+  step: number;
+}
+export interface StepCommand {
+  epoch: number;
+  step: number;
+  samples: number[];
+  globalBatch: number;
+  microBatch: number;
+  dataEpoch: number;
+}
+export interface CommitCommand {
+  epoch: number;
+  step: number;
+}
+export interface AbortCommand {
+  epoch: number;
+  reason: string;
+}
+export interface CheckpointCommand {
+  step: number;
+  epoch: number;
+}
+export interface StopCommand {
+  reason: string;
+}
+/** Exactly one field is set. */
+export interface Command {
+  reconfigure?: ReconfigureCommand;
+  step?: StepCommand;
+  commit?: CommitCommand;
+  abort?: AbortCommand;
+  checkpoint?: CheckpointCommand;
+  stop?: StopCommand;
+}
+export type ReportKind = 'READY' | 'REDUCED' | 'APPLIED' | 'CHECKPOINTED' | 'FAILED';
+export interface StepReport {
+  jobId: string;
+  workerId: string;
+  kind: ReportKind;
+  epoch: number;
+  step: number;
+  loss: number;
+  nonFinite: boolean;
+  computeMs: number;
+  allReduceMs: number;
+  optimizerMs: number;
+  samples: number;
+  optimizerStateBytes: number;
+  gradNorm: number;
+  error: string;
+  checkpointObjectsJson: string;
+  learningRate: number;
+  tokens: number;
+}
+export interface ReportAck {
+  accepted: boolean;
+}
+export interface LeaveRequest {
+  jobId: string;
+  workerId: string;
+  reason: string;
+}
+export interface LeaveReply {
+  accepted: boolean;
+}
+
+const root = protobuf.loadSync(PROTO_FILE);
+
+function codec<T>(typeName: string) {
+  const type = root.lookupType(`parti.coordinator.${typeName}`);
+  return {
+    serialize(value: T): Buffer {
+      return Buffer.from(type.encode(type.fromObject(value as Record<string, unknown>)).finish());
+    },
+    deserialize(bytes: Buffer): T {
+      return type.toObject(type.decode(bytes), { longs: Number, enums: String, defaults: true, oneofs: false }) as T;
+    },
+  };
+}
+
+function method<Req, Res>(name: string, req: string, res: string, responseStream = false) {
+  const a = codec<Req>(req);
+  const b = codec<Res>(res);
+  return {
+    path: `/parti.coordinator.Coordinator/${name}`,
+    requestStream: false,
+    responseStream,
+    requestSerialize: a.serialize,
+    requestDeserialize: a.deserialize,
+    responseSerialize: b.serialize,
+    responseDeserialize: b.deserialize,
+    originalName: name,
+  };
+}
+
+/** The grpc-js service definition of parti.coordinator.Coordinator. */
+export const coordinatorService = {
+  join: method<JoinRequest, JoinReply>('Join', 'JoinRequest', 'JoinReply'),
+  heartbeat: method<HeartbeatRequest, HeartbeatReply>('Heartbeat', 'HeartbeatRequest', 'HeartbeatReply'),
+  commands: method<CommandsRequest, Command>('Commands', 'CommandsRequest', 'Command', true),
+  report: method<StepReport, ReportAck>('Report', 'StepReport', 'ReportAck'),
+  leave: method<LeaveRequest, LeaveReply>('Leave', 'LeaveRequest', 'LeaveReply'),
+} satisfies grpc.ServiceDefinition;
+
+/** A typed client of the coordinator service. */
+export interface CoordinatorClient extends grpc.Client {
+  join(req: JoinRequest, options: grpc.CallOptions, cb: grpc.requestCallback<JoinReply>): grpc.ClientUnaryCall;
+  heartbeat(req: HeartbeatRequest, options: grpc.CallOptions, cb: grpc.requestCallback<HeartbeatReply>): grpc.ClientUnaryCall;
+  commands(req: CommandsRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<Command>;
+  report(req: StepReport, options: grpc.CallOptions, cb: grpc.requestCallback<ReportAck>): grpc.ClientUnaryCall;
+  leave(req: LeaveRequest, options: grpc.CallOptions, cb: grpc.requestCallback<LeaveReply>): grpc.ClientUnaryCall;
+}
+
+const ClientConstructor = grpc.makeGenericClientConstructor(coordinatorService, 'Coordinator');
+
+/** gRPC channel options that cap message sizes (both directions) and keep the connection alive. */
+export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
+  return {
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': maxMessageBytes,
+    'grpc.keepalive_time_ms': 10_000,
+    'grpc.keepalive_timeout_ms': 5_000,
+    'grpc.keepalive_permit_without_calls': 1,
+  };
+}
+
+/** Opens a client of the coordinator at host:port (plaintext). */
+export function createCoordinatorClient(address: string, maxMessageBytes: number): CoordinatorClient {
+  return new ClientConstructor(address, grpc.credentials.createInsecure(), channelOptions(maxMessageBytes)) as unknown as CoordinatorClient;
+}
+
+/** Prefix of the gRPC status message of a refused peer; the worker maps it back to PartiError('refused'). */
+export const REFUSED_PREFIX = 'refused: ';
+
+/** Maps a PartiError to the gRPC status a server answers with (one place for the mapping). */
+export function toGrpcStatus(err: unknown): Partial<grpc.StatusObject> {
+  const e = PartiError.from(err);
+  const code =
+    e.code === 'refused'
+      ? grpc.status.FAILED_PRECONDITION
+      : e.code === 'illegal-state'
+        ? grpc.status.FAILED_PRECONDITION
+        : e.code === 'deadline'
+          ? grpc.status.DEADLINE_EXCEEDED
+          : e.code === 'usage' || e.code === 'config'
+            ? grpc.status.INVALID_ARGUMENT
+            : grpc.status.INTERNAL;
+  const details = e.code === 'refused' ? `${REFUSED_PREFIX}${e.message}` : e.message;
+  return { code, details };
+}
+
+/** Maps a gRPC error a client got back to a PartiError (refused, deadline, or the code given). */
+export function fromGrpcError(err: unknown, what: string): PartiError {
+  const e = err as Partial<grpc.ServiceError>;
+  const details = e.details ?? (err instanceof Error ? err.message : String(err));
+  if (typeof details === 'string' && details.startsWith(REFUSED_PREFIX)) {
+    return new PartiError('refused', `${what}: ${details.slice(REFUSED_PREFIX.length)}`, { cause: err });
+  }
+  if (e.code === grpc.status.DEADLINE_EXCEEDED) return new PartiError('deadline', `${what}: deadline exceeded`, { cause: err });
+  return new PartiError('internal', `${what}: ${details}`, { cause: err });
+}
+
+/** A call deadline `ms` from now. */
+export function deadlineIn(ms: number): Date {
+  return new Date(Date.now() + ms);
+}

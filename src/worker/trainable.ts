@@ -1,0 +1,75 @@
+/**
+ * What the worker runtime needs from a model: a flat float32 parameter vector, summed gradients
+ * over a list of samples, and an optimizer that can own all of the parameters or only a range of
+ * them (ZeRO stage 1). The real Parti model and the linear-regression test model both implement it;
+ * the runtime never looks inside.
+ */
+
+/** Gradients of a list of samples: SUMS (not means), so that ranks and microbatches add up. */
+export interface GradientResult {
+  /** Sum over the samples of the per-sample loss. */
+  lossSum: number;
+  /** Sum over the samples of the gradient, flat, length `paramCount`. */
+  grads: Float32Array;
+  /** Samples that contributed (bad samples skipped by the reader are not counted). */
+  samples: number;
+  /** Tokens that contributed (for throughput), 0 when not meaningful. */
+  tokens: number;
+}
+
+/** Where a step is, for schedules and per-step randomness (dropout). */
+export interface StepContext {
+  /** The optimizer step being computed (parameters go from version `step` to `step + 1`). */
+  step: number;
+  /** A seed derived from the training seed and step, the same on every rank. */
+  seed: number;
+}
+
+/** The optimizer state of a contiguous range [start, end) of the flat parameters. */
+export interface OptimizerShard {
+  readonly start: number;
+  readonly end: number;
+  /** Float32 state values per parameter (AdamW: 2, m and v); exportState is slot-major. */
+  readonly slots: number;
+  /**
+   * Updates `params[start, end)` in place with the MEAN gradient of that range (`grad.length ===
+   * end - start`) for optimizer step `step`; returns the learning rate used.
+   */
+  apply(params: Float32Array, grad: Float32Array, step: number): number;
+  /** Bytes of optimizer state held (for the ZeRO report). */
+  stateBytes(): number;
+  /**
+   * The state as one flat vector of `slots * (end - start)` floats, slot-major (all m, then all v),
+   * so that any range of it can be cut out (checkpoints, handing it to a joining peer).
+   */
+  exportState(): Float32Array;
+  /** Restores what exportState returned for the same range. */
+  importState(state: Float32Array): void;
+}
+
+/** A model the worker can train data-parallel. */
+export interface Trainable {
+  /** Number of float32 parameters. */
+  readonly paramCount: number;
+  /** Clip the mean gradient to this global L2 norm; 0 = off. */
+  readonly clipNorm: number;
+  /** The flat parameters (the live vector; the runtime updates it in place and then calls `paramsChanged`). */
+  params(): Float32Array;
+  /** Tells the model that `params()` was written (e.g. to rebuild tensors). */
+  paramsChanged(): void;
+  /** Summed gradients of these samples (global sample indices of the epoch plan). */
+  computeGradients(samples: readonly number[], ctx: StepContext): Promise<GradientResult>;
+  /** Creates the optimizer state of range [start, end), freshly initialized. */
+  createOptimizer(start: number, end: number): OptimizerShard;
+  /** Boundaries of `parts` contiguous ranges covering all parameters (ZeRO-1: rank r owns ranges[r]). */
+  shardRanges(parts: number): [number, number][];
+  /** Releases tensors and handles. */
+  dispose(): void;
+}
+
+/** Splits [0, size) into `parts` contiguous ranges of about equal size. */
+export function evenRanges(size: number, parts: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let p = 0; p < parts; p++) out.push([Math.floor((p * size) / parts), Math.floor(((p + 1) * size) / parts)]);
+  return out;
+}

@@ -1,0 +1,538 @@
+/**
+ * The worker runtime: joins the coordinator, runs the commands of its stream one at a time
+ * (reconfigure, step, commit, checkpoint, stop) and reports what it did. Abort is handled at once,
+ * out of order, so that a rank blocked in an all-reduce with a dead peer is freed within the
+ * failure-detection time. A lost coordinator is rejoined (a restarted one tells the worker where to
+ * resume). The model is injected (Trainable); so are the collectives (CollectivePort).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { hostname } from 'node:os';
+import { log as rootLog } from '../observability/log.ts';
+import { PartiError } from '../errors.ts';
+import { mixSeed } from '../data/seeded-random.ts';
+import {
+  createCoordinatorClient,
+  deadlineIn,
+  fromGrpcError,
+  type Command,
+  type CoordinatorClient,
+  type ReconfigureCommand,
+  type StepCommand,
+  type StepReport,
+} from '../coordinator/protocol.ts';
+import { segmentBounds } from '../collective/ring.ts';
+import type { CollectivePort } from './collective-port.ts';
+import type { OptimizerShard, Trainable } from './trainable.ts';
+
+/** A checkpoint object as the coordinator lists it in the manifest. */
+export interface SavedObject {
+  key: string;
+  size: number;
+  sha256: string;
+}
+
+/** Where a worker writes its part of a checkpoint and reads state back. */
+export interface WorkerStateStore {
+  /**
+   * Writes this rank's objects of the checkpoint of `step`: the parameters (rank 0 only) and the
+   * optimizer state of [start, end) (slot-major). Returns what it wrote, for the manifest.
+   */
+  save(snapshot: {
+    step: number;
+    rank: number;
+    worldSize: number;
+    params: Float32Array | null;
+    optimizer: { start: number; end: number; slots: number; state: Float32Array };
+  }): Promise<SavedObject[]>;
+  /** Reads the parameters and the optimizer state of [start, end) of committed step `step`. */
+  load(step: number, start: number, end: number): Promise<{ params: Float32Array; optimizerState: Float32Array }>;
+}
+
+/** Options of a worker, resolved once by the CLI. */
+export interface WorkerOptions {
+  coordinator: string;
+  jobId: string;
+  configHash: string;
+  /** A name for logs; default host:pid. */
+  name?: string;
+  /** Builds the model at its initialization (called again when the job restarts from scratch). */
+  createModel: () => Promise<Trainable>;
+  collective: CollectivePort;
+  /** Training seed (per-step seeds derive from it). */
+  seed: number;
+  zeroStage: 0 | 1;
+  heartbeatMs: number;
+  rpcDeadlineMs: number;
+  stepDeadlineMs: number;
+  maxMessageBytes: number;
+  /** How long to keep trying to (re)join a coordinator before giving up (ms). */
+  reconnectMs: number;
+  store: WorkerStateStore | null;
+}
+
+/** Lifecycle of a worker; a wrong transition is PartiError('illegal-state'). */
+export type WorkerState = 'starting' | 'joining' | 'idle' | 'syncing' | 'computing' | 'reduced' | 'checkpointing' | 'stopped';
+
+interface PendingUpdate {
+  epoch: number;
+  step: number;
+  /** Mean gradient of this rank's optimizer range (all of it with ZeRO 0). */
+  grad: Float32Array;
+  nonFinite: boolean;
+}
+
+/** The result of a worker's run. */
+export interface WorkerExit {
+  reason: string;
+  /** Steps this worker applied. */
+  applied: number;
+}
+
+export class WorkerRuntime {
+  state: WorkerState = 'starting';
+  private model!: Trainable;
+  /** The model holds its initialization (nothing trained or loaded yet). */
+  private pristine = true;
+  private optimizer: OptimizerShard | null = null;
+  private client: CoordinatorClient;
+  private workerId = '';
+  private epoch = -1;
+  private rank = 0;
+  private worldSize = 1;
+  /** Optimizer steps applied to the parameters. */
+  private version = 0;
+  private pending: PendingUpdate | null = null;
+  private abortedEpoch = -1;
+  private queue: Command[] = [];
+  private wake: (() => void) | null = null;
+  private stream: grpc.ClientReadableStream<Command> | null = null;
+  private streamEnded: ((why: string) => void) | null = null;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private stopReason: string | null = null;
+  private leaving = false;
+  private applied = 0;
+  private log = rootLog.child({ role: 'worker' });
+
+  constructor(private readonly opts: WorkerOptions) {
+    this.client = createCoordinatorClient(opts.coordinator, opts.maxMessageBytes);
+  }
+
+  private get name(): string {
+    return this.opts.name ?? `${hostname()}:${process.pid}`;
+  }
+
+  /** Runs until the coordinator says stop (or cannot be reached for reconnectMs). */
+  async run(): Promise<WorkerExit> {
+    this.model = await this.opts.createModel();
+    try {
+      while (this.stopReason === null) {
+        await this.join();
+        const why = await this.serve();
+        if (this.stopReason !== null) break;
+        this.log.warn({ why }, 'lost the coordinator; joining again');
+        this.resetMembership();
+      }
+    } finally {
+      this.state = 'stopped';
+      this.stopHeartbeats();
+      this.client.close();
+      await this.opts.collective.close();
+      this.model.dispose();
+    }
+    return { reason: this.stopReason ?? 'stopped', applied: this.applied };
+  }
+
+  /** SIGTERM: leave at the next step boundary, losing no work. */
+  async requestLeave(reason: string): Promise<void> {
+    if (this.leaving) return;
+    this.leaving = true;
+    this.log.info({ reason }, 'leaving at the next step boundary');
+    try {
+      await this.unary<{ accepted: boolean }>('leave', { jobId: this.opts.jobId, workerId: this.workerId, reason });
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cannot tell the coordinator that this worker leaves; stopping');
+      this.stop('left (coordinator unreachable)');
+    }
+  }
+
+  private stop(reason: string): void {
+    this.stopReason = reason;
+    this.streamEnded?.(`stopped: ${reason}`);
+    this.wake?.();
+  }
+
+  private resetMembership(): void {
+    this.opts.collective.abort('coordinator lost');
+    this.pending = null;
+    this.queue = [];
+    this.epoch = -1;
+  }
+
+  private unary<T>(method: 'join' | 'heartbeat' | 'report' | 'leave', req: object): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      (this.client[method] as (r: object, o: grpc.CallOptions, cb: grpc.requestCallback<T>) => void)(
+        req,
+        { deadline: deadlineIn(this.opts.rpcDeadlineMs) },
+        (err, res) => (err ? reject(fromGrpcError(err, `coordinator ${this.opts.coordinator} ${method}`)) : resolve(res!)),
+      );
+    });
+  }
+
+  private async join(): Promise<void> {
+    this.state = 'joining';
+    const until = Date.now() + this.opts.reconnectMs;
+    let delay = 100;
+    for (;;) {
+      try {
+        const reply = await this.unary<{ workerId: string; jobId: string; configHash: string }>('join', {
+          jobId: this.opts.jobId,
+          configHash: this.opts.configHash,
+          workerName: this.name,
+          collectiveAddress: this.opts.collective.address,
+          paramCount: this.model.paramCount,
+        });
+        if (reply.jobId !== this.opts.jobId || reply.configHash !== this.opts.configHash) {
+          throw new PartiError('refused', `coordinator ${this.opts.coordinator} runs job ${reply.jobId} with config ${reply.configHash}, not ${this.opts.jobId} with ${this.opts.configHash}`);
+        }
+        this.workerId = reply.workerId;
+        this.log = rootLog.child({ role: 'worker', worker: this.workerId, job: this.opts.jobId });
+        this.log.info({ coordinator: this.opts.coordinator }, 'joined');
+        if (this.leaving) {
+          // a preempted worker that lost its coordinator has nothing left to finish
+          this.stop('left');
+        }
+        return;
+      } catch (err) {
+        const e = PartiError.from(err);
+        if (e.code === 'refused') throw e;
+        if (Date.now() + delay > until) {
+          throw new PartiError('deadline', `cannot reach the coordinator at ${this.opts.coordinator} for ${this.opts.reconnectMs} ms: ${e.message}`);
+        }
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(1000, delay * 2);
+      }
+    }
+  }
+
+  private startHeartbeats(): void {
+    this.stopHeartbeats();
+    let inFlight = false;
+    this.heartbeatTimer = setInterval(() => {
+      if (inFlight) return;
+      inFlight = true;
+      this.unary<{ known: boolean }>('heartbeat', { jobId: this.opts.jobId, workerId: this.workerId, state: this.state })
+        .then((r) => {
+          if (!r.known) this.streamEnded?.('the coordinator does not know this worker');
+        })
+        .catch((err) => this.log.debug({ err: (err as Error).message }, 'heartbeat failed'))
+        .finally(() => (inFlight = false));
+    }, this.opts.heartbeatMs);
+    this.heartbeatTimer.unref();
+  }
+
+  private stopHeartbeats(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+  }
+
+  /** Opens the command stream and runs commands until it ends; returns why it ended. */
+  private serve(): Promise<string> {
+    this.state = 'idle';
+    return new Promise<string>((resolve) => {
+      let ended = false;
+      const end = (why: string) => {
+        if (ended) return;
+        ended = true;
+        this.stopHeartbeats();
+        this.stream?.cancel();
+        this.stream = null;
+        this.streamEnded = null;
+        this.wake?.();
+        resolve(why);
+      };
+      this.streamEnded = end;
+      const stream = this.client.commands({ jobId: this.opts.jobId, workerId: this.workerId });
+      this.stream = stream;
+      stream.on('data', (cmd: Command) => this.receive(cmd));
+      stream.on('error', (err) => end(fromGrpcError(err, 'command stream').message));
+      // A graceful end comes after the last command (stop): let the queue drain first.
+      stream.on('end', () => {
+        this.queue.push({ stop: undefined, streamEnd: true } as Command & { streamEnd: true });
+        this.wake?.();
+      });
+      this.startHeartbeats();
+      void this.consume(() => ended).catch((err) => {
+        this.log.error({ err: (err as Error).message }, 'worker loop failed');
+        end((err as Error).message);
+      });
+    });
+  }
+
+  private receive(cmd: Command): void {
+    if (cmd.abort) {
+      if (cmd.abort.epoch >= this.epoch) {
+        this.abortedEpoch = Math.max(this.abortedEpoch, cmd.abort.epoch);
+        this.pending = null;
+        this.queue = this.queue.filter((c) => c.reconfigure || c.stop || (c as { streamEnd?: boolean }).streamEnd);
+        this.opts.collective.abort(cmd.abort.reason);
+        this.log.info({ epoch: cmd.abort.epoch, reason: cmd.abort.reason }, 'epoch aborted');
+      }
+      return;
+    }
+    this.queue.push(cmd);
+    this.wake?.();
+  }
+
+  private async consume(ended: () => boolean): Promise<void> {
+    while (!ended() && this.stopReason === null) {
+      const cmd = this.queue.shift();
+      if (!cmd) {
+        await new Promise<void>((r) => (this.wake = r));
+        this.wake = null;
+        continue;
+      }
+      await this.execute(cmd);
+    }
+  }
+
+  private async execute(cmd: Command): Promise<void> {
+    const epoch = cmd.reconfigure?.epoch ?? cmd.step?.epoch ?? cmd.commit?.epoch ?? cmd.checkpoint?.epoch ?? this.epoch;
+    try {
+      if ((cmd as { streamEnd?: boolean }).streamEnd) {
+        this.streamEnded?.('command stream ended');
+      } else if (cmd.stop) {
+        this.log.info({ reason: cmd.stop.reason }, 'stopping');
+        this.stop(cmd.stop.reason);
+      } else if (cmd.reconfigure) {
+        await this.reconfigure(cmd.reconfigure);
+      } else if (epoch <= this.abortedEpoch) {
+        return; // a command of an aborted epoch that was already queued
+      } else if (cmd.step) {
+        await this.runStep(cmd.step);
+      } else if (cmd.commit) {
+        await this.commit(cmd.commit.epoch, cmd.commit.step);
+      } else if (cmd.checkpoint) {
+        await this.checkpoint(cmd.checkpoint.step);
+      }
+    } catch (err) {
+      const e = PartiError.from(err);
+      if (epoch <= this.abortedEpoch && e.code === 'collective-aborted') return;
+      this.log.warn({ epoch, err: e.message, code: e.code }, 'command failed');
+      this.state = 'idle';
+      await this.report({ kind: 'FAILED', epoch, step: this.version, error: `${e.code}: ${e.message}` }).catch(() => {});
+    }
+  }
+
+  private async report(r: Partial<StepReport> & Pick<StepReport, 'kind' | 'epoch' | 'step'>): Promise<void> {
+    await this.unary('report', {
+      jobId: this.opts.jobId,
+      workerId: this.workerId,
+      loss: 0,
+      nonFinite: false,
+      computeMs: 0,
+      allReduceMs: 0,
+      optimizerMs: 0,
+      samples: 0,
+      optimizerStateBytes: this.optimizer?.stateBytes() ?? 0,
+      gradNorm: 0,
+      error: '',
+      checkpointObjectsJson: '',
+      learningRate: 0,
+      tokens: 0,
+      ...r,
+    });
+  }
+
+  private callOpts() {
+    return { deadlineMs: this.opts.stepDeadlineMs };
+  }
+
+  private rangeFor(rank: number, worldSize: number): [number, number] {
+    const p = this.model.paramCount;
+    if (this.opts.zeroStage === 1) {
+      const { start, end } = segmentBounds(p, worldSize, rank);
+      return [start, end];
+    }
+    return [0, p];
+  }
+
+  private async reconfigure(c: ReconfigureCommand): Promise<void> {
+    this.state = 'syncing';
+    this.pending = null;
+    this.epoch = c.epoch;
+    this.rank = c.rank;
+    this.worldSize = c.peers.length;
+    this.opts.collective.configure({ epoch: c.epoch, rank: c.rank, peers: c.peers });
+    const [start, end] = this.rangeFor(c.rank, c.peers.length);
+    if (c.restoreStep === -2) {
+      if (!this.pristine) {
+        this.model.dispose();
+        this.model = await this.opts.createModel();
+        this.pristine = true;
+      }
+      this.optimizer = this.model.createOptimizer(start, end);
+    } else if (c.restoreStep >= 0) {
+      if (!this.opts.store) throw new PartiError('illegal-state', `asked to restore checkpoint ${c.restoreStep} but this worker has no checkpoint store`);
+      const state = await this.opts.store.load(c.restoreStep, start, end);
+      this.model.params().set(state.params);
+      this.model.paramsChanged();
+      this.optimizer = this.model.createOptimizer(start, end);
+      this.optimizer.importState(state.optimizerState);
+      this.pristine = false;
+    } else if (!this.optimizer || this.optimizer.start !== start || this.optimizer.end !== end) {
+      if (this.optimizer && c.syncFromRank < 0) {
+        throw new PartiError('illegal-state', `optimizer range changes from [${this.optimizer.start}, ${this.optimizer.end}) to [${start}, ${end}) without a restore`);
+      }
+      this.optimizer = this.model.createOptimizer(start, end);
+    }
+    if (c.syncFromRank >= 0) {
+      // Parameters and optimizer state from a peer that holds the current step (ZeRO 0 only: the
+      // coordinator restores ZeRO-1 jobs from a checkpoint instead).
+      const params = this.model.params();
+      const opt = this.optimizer!;
+      const root = c.rank === c.syncFromRank;
+      let mine: Float32Array | null = null;
+      if (root) {
+        const state = opt.exportState();
+        mine = new Float32Array(params.length + state.length);
+        mine.set(params, 0);
+        mine.set(state, params.length);
+      }
+      const got = await this.opts.collective.broadcast(c.syncFromRank, mine, this.callOpts());
+      if (!root) {
+        params.set(got.subarray(0, params.length));
+        this.model.paramsChanged();
+        opt.importState(got.subarray(params.length));
+      }
+      this.pristine = false;
+    }
+    this.version = c.step;
+    this.state = 'idle';
+    this.log.info({ epoch: c.epoch, rank: c.rank, world: c.peers.length, step: c.step, sync: c.syncFromRank, restore: c.restoreStep }, 'reconfigured');
+    await this.report({ kind: 'READY', epoch: c.epoch, step: c.step });
+  }
+
+  private async runStep(s: StepCommand): Promise<void> {
+    if (s.epoch !== this.epoch) throw new PartiError('illegal-state', `step ${s.step} of epoch ${s.epoch} while in epoch ${this.epoch}`);
+    if (s.step !== this.version) throw new PartiError('illegal-state', `asked for step ${s.step} but the parameters are at step ${this.version}`);
+    if (this.state !== 'idle') throw new PartiError('illegal-state', `step ${s.step} while ${this.state}`);
+    this.state = 'computing';
+    const t0 = performance.now();
+    const p = this.model.paramCount;
+    const ctx = { step: s.step, seed: mixSeed(this.opts.seed, s.step) };
+    // Microbatches of at most microBatch samples, summed in a fixed order (bitwise reproducible).
+    const sum = new Float32Array(p);
+    let lossSum = 0;
+    let samples = 0;
+    let tokens = 0;
+    const micro = Math.max(1, s.microBatch);
+    for (let i = 0; i < s.samples.length; i += micro) {
+      const g = await this.model.computeGradients(s.samples.slice(i, i + micro), ctx);
+      if (i === 0) sum.set(g.grads);
+      else for (let j = 0; j < p; j++) sum[j] = sum[j]! + g.grads[j]!;
+      lossSum += g.lossSum;
+      samples += g.samples;
+      tokens += g.tokens;
+      if (s.epoch <= this.abortedEpoch) throw new PartiError('collective-aborted', `epoch ${s.epoch} aborted`);
+    }
+    const t1 = performance.now();
+    const [start, end] = this.rangeFor(this.rank, this.worldSize);
+    let localNonFinite = Number.isFinite(lossSum) ? 0 : 1;
+    let grad: Float32Array;
+    let stats: Float32Array;
+    if (this.opts.zeroStage === 1) {
+      const part = await this.opts.collective.reduceScatter(sum, { ...this.callOpts(), op: 'sum' });
+      if (part.start !== start || part.end !== end) throw new PartiError('internal', `reduce-scatter gave [${part.start}, ${part.end}), the optimizer owns [${start}, ${end})`);
+      grad = part.chunk;
+      let sq = 0;
+      for (let j = 0; j < grad.length; j++) sq += grad[j]! * grad[j]!;
+      if (!Number.isFinite(sq)) localNonFinite = 1;
+      stats = new Float32Array([lossSum, localNonFinite, sq, samples, tokens]);
+      await this.opts.collective.allReduce(stats, { ...this.callOpts(), op: 'sum', inPlace: true });
+    } else {
+      const buf = new Float32Array(p + 5);
+      buf.set(sum, 0);
+      buf[p] = lossSum;
+      buf[p + 1] = localNonFinite;
+      buf[p + 3] = samples;
+      buf[p + 4] = tokens;
+      await this.opts.collective.allReduce(buf, { ...this.callOpts(), op: 'sum', inPlace: true });
+      grad = buf.subarray(0, p);
+      let sq = 0;
+      for (let j = 0; j < p; j++) sq += grad[j]! * grad[j]!;
+      buf[p + 2] = sq;
+      stats = buf.subarray(p);
+    }
+    const t2 = performance.now();
+    // From here every rank holds bitwise the same reduced numbers, so every rank decides alike.
+    const divisor = s.globalBatch;
+    const nonFinite = stats[1]! > 0 || !Number.isFinite(stats[2]!) || !Number.isFinite(stats[0]!);
+    const norm = Math.sqrt(stats[2]!) / divisor;
+    const clip = this.model.clipNorm > 0 && norm > this.model.clipNorm ? this.model.clipNorm / norm : 1;
+    const mean = new Float32Array(grad.length);
+    const scale = clip / divisor;
+    for (let j = 0; j < grad.length; j++) mean[j] = grad[j]! * scale;
+    this.pending = { epoch: s.epoch, step: s.step, grad: mean, nonFinite };
+    this.state = 'reduced';
+    await this.report({
+      kind: 'REDUCED',
+      epoch: s.epoch,
+      step: s.step,
+      loss: stats[0]! / divisor,
+      nonFinite,
+      computeMs: t1 - t0,
+      allReduceMs: t2 - t1,
+      samples,
+      tokens,
+      gradNorm: norm,
+    });
+  }
+
+  private async commit(epoch: number, step: number): Promise<void> {
+    const pending = this.pending;
+    if (!pending || pending.step !== step || pending.epoch !== epoch) {
+      throw new PartiError('illegal-state', `commit of step ${step} (epoch ${epoch}) but the pending update is ${pending ? `step ${pending.step} of epoch ${pending.epoch}` : 'none'}`);
+    }
+    const t0 = performance.now();
+    let lr = 0;
+    const opt = this.optimizer!;
+    const params = this.model.params();
+    if (!pending.nonFinite) {
+      lr = opt.apply(params, pending.grad, step);
+      if (this.opts.zeroStage === 1) {
+        const full = await this.opts.collective.allGather(params.slice(opt.start, opt.end), { length: params.length }, this.callOpts());
+        params.set(full);
+      }
+      this.model.paramsChanged();
+    }
+    this.pending = null;
+    this.version = step + 1;
+    this.applied += 1;
+    this.pristine = false;
+    this.state = 'idle';
+    void this.report({ kind: 'APPLIED', epoch, step, optimizerMs: performance.now() - t0, learningRate: lr, nonFinite: pending.nonFinite }).catch(() => {});
+  }
+
+  private async checkpoint(step: number): Promise<void> {
+    if (step !== this.version) throw new PartiError('illegal-state', `checkpoint of step ${step} but the parameters are at step ${this.version}`);
+    if (!this.opts.store) throw new PartiError('illegal-state', 'asked to checkpoint but this worker has no checkpoint store');
+    this.state = 'checkpointing';
+    const opt = this.optimizer!;
+    // Without sharding every rank holds the same state: rank 0 writes it all.
+    const writes = this.opts.zeroStage === 1 || this.rank === 0;
+    const objects = !writes ? [] : await this.opts.store.save({
+      step,
+      rank: this.rank,
+      worldSize: this.worldSize,
+      params: this.rank === 0 ? this.model.params().slice() : null,
+      optimizer: { start: opt.start, end: opt.end, slots: opt.slots, state: opt.exportState() },
+    });
+    this.state = 'idle';
+    await this.report({ kind: 'CHECKPOINTED', epoch: this.epoch, step, checkpointObjectsJson: JSON.stringify(objects) });
+  }
+
+  /** The parameters (for tests and the final sample image). */
+  params(): Float32Array {
+    return this.model.params();
+  }
+}

@@ -1,0 +1,141 @@
+// The coordinator and workers in one process: the real gRPC coordinator service on 127.0.0.1 and
+// in-memory collectives, with the linear test model. Checks the step protocol fast: equivalence of
+// world sizes, determinism, non-finite steps skipped everywhere, ZeRO-1, and a refused peer.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CollectiveNode } from '../src/collective/collective-node.ts';
+import { InMemoryHub } from '../src/collective/in-memory-transport.ts';
+import { Coordinator } from '../src/coordinator/coordinator.ts';
+import { startCoordinatorServer } from '../src/coordinator/coordinator-server.ts';
+import { readLedger } from '../src/coordinator/ledger.ts';
+import { StepPlan } from '../src/coordinator/step-samples.ts';
+import { LinearModel } from '../src/worker/linear-model.ts';
+import { WorkerRuntime } from '../src/worker/worker-runtime.ts';
+import { PartiError } from '../src/errors.ts';
+
+interface Run {
+  params: Float32Array[];
+  ledger: ReturnType<typeof readLedger>;
+  skipped: number;
+  optimizerStateBytes: number[];
+}
+
+async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: number[]; steps?: number } = {}): Promise<Run> {
+  const dir = mkdtempSync(join(tmpdir(), 'parti-orch-'));
+  const steps = opts.steps ?? 12;
+  const coordinator = new Coordinator({
+    jobId: 'job',
+    configHash: 'hash',
+    totalSteps: steps,
+    globalBatch: 12,
+    microBatch: 4,
+    plan: new StepPlan(96, 12, 3),
+    targetWorkers: workers,
+    minWorkers: workers,
+    heartbeatMs: 100,
+    failureTimeoutMs: 2000,
+    stepDeadlineMs: 10_000,
+    zeroStage: opts.zeroStage ?? 0,
+    checkpointEvery: 0,
+    checkpoints: null,
+    ledgerFile: join(dir, 'ledger.jsonl'),
+  });
+  const server = await startCoordinatorServer(coordinator, '127.0.0.1', 0, 1 << 20);
+  const hub = new InMemoryHub();
+  const runtimes = Array.from({ length: workers }, (_, i) => {
+    return new WorkerRuntime({
+      coordinator: server.address,
+      jobId: 'job',
+      configHash: 'hash',
+      name: `w${i}`,
+      createModel: async () => new LinearModel({ dim: 10, seed: 5, lr: 0.05, nonFiniteSamples: opts.nonFinite }),
+      collective: new CollectiveNode(hub.transport(), { jobId: 'job', chunkBytes: 16 }),
+      seed: 0,
+      zeroStage: opts.zeroStage ?? 0,
+      heartbeatMs: 100,
+      rpcDeadlineMs: 2000,
+      stepDeadlineMs: 5000,
+      maxMessageBytes: 1 << 20,
+      reconnectMs: 2000,
+      store: null,
+    });
+  });
+  const bytes: number[] = [];
+  coordinator.subscribe((e) => {
+    if (e.type === 'step') bytes.splice(0, bytes.length, ...e.step.optimizerStateBytes);
+  });
+  try {
+    const exits = await Promise.all(runtimes.map((r) => r.run()));
+    assert.ok(exits.every((e) => e.applied === steps), `every worker applied ${steps} steps`);
+    return { params: runtimes.map((r) => r.params().slice()), ledger: readLedger(join(dir, 'ledger.jsonl')), skipped: coordinator.skippedSteps, optimizerStateBytes: bytes };
+  } finally {
+    coordinator.close();
+    await server.close();
+  }
+}
+
+test('1, 2 and 3 workers reach the same parameters; the same world size is bitwise reproducible', { timeout: 60_000 }, async () => {
+  const one = await runJob(1);
+  const two = await runJob(2);
+  const three = await runJob(3);
+  const twoAgain = await runJob(2);
+  assert.deepEqual(two.params[0], two.params[1], 'ranks agree bitwise');
+  assert.deepEqual(three.params[0], three.params[2]);
+  assert.deepEqual(twoAgain.params[0], two.params[0], 'bitwise reproducible across runs');
+  for (const other of [two, three]) {
+    for (let i = 0; i < one.params[0]!.length; i++) {
+      assert.ok(Math.abs(one.params[0]![i]! - other.params[0]![i]!) < 1e-4, `param ${i}: ${one.params[0]![i]} vs ${other.params[0]![i]}`);
+    }
+  }
+  assert.notDeepEqual(one.params[0], new LinearModel({ dim: 10, seed: 5, lr: 0.05 }).params(), 'training changed the parameters');
+  // exactly once: 12 steps of 12 = 144 samples = one and a half epochs of 96
+  assert.equal(one.ledger.length, 12);
+  const epoch0 = one.ledger.filter((e) => e.dataEpoch === 0).flatMap((e) => e.samples).sort((a, b) => a - b);
+  assert.deepEqual(epoch0, Array.from({ length: 96 }, (_, i) => i));
+});
+
+test('a non-finite gradient on one rank skips the step on every rank and is counted', { timeout: 30_000 }, async () => {
+  const clean = await runJob(2, { steps: 4 });
+  const bad = await runJob(2, { steps: 4, nonFinite: [clean.ledger[1]!.samples[0]!] });
+  assert.equal(bad.skipped, 1);
+  assert.deepEqual(bad.ledger.map((e) => e.skipped), [false, true, false, false]);
+  assert.deepEqual(bad.params[0], bad.params[1]);
+  for (const x of bad.params[0]!) assert.ok(Number.isFinite(x));
+  assert.notDeepEqual(bad.params[0], clean.params[0]);
+});
+
+test('ZeRO-1 reaches the parameters of the unsharded run; optimizer state per worker falls to 1/N', { timeout: 30_000 }, async () => {
+  const plain = await runJob(2);
+  const zero = await runJob(2, { zeroStage: 1 });
+  for (let i = 0; i < plain.params[0]!.length; i++) assert.ok(Math.abs(plain.params[0]![i]! - zero.params[0]![i]!) < 1e-5);
+  assert.deepEqual(zero.params[0], zero.params[1]);
+  const full = plain.optimizerStateBytes[0]!;
+  assert.equal(full, 11 * 2 * 4);
+  assert.deepEqual(zero.optimizerStateBytes, [5 * 8, 6 * 8]);
+});
+
+test('a worker of another job or config is refused with a clear error on both sides', { timeout: 30_000 }, async () => {
+  const coordinator = new Coordinator({
+    jobId: 'job', configHash: 'hash', totalSteps: 1, globalBatch: 2, microBatch: 2, plan: new StepPlan(4, 2, 0),
+    targetWorkers: 1, minWorkers: 1, heartbeatMs: 100, failureTimeoutMs: 1000, stepDeadlineMs: 1000, zeroStage: 0,
+    checkpointEvery: 0, checkpoints: null, ledgerFile: null,
+  });
+  const server = await startCoordinatorServer(coordinator, '127.0.0.1', 0, 1 << 20);
+  try {
+    const hub = new InMemoryHub();
+    const worker = new WorkerRuntime({
+      coordinator: server.address, jobId: 'job', configHash: 'other', name: 'stranger',
+      createModel: async () => new LinearModel({ dim: 2, seed: 0, lr: 0.1 }),
+      collective: new CollectiveNode(hub.transport(), { jobId: 'job' }),
+      seed: 0, zeroStage: 0, heartbeatMs: 100, rpcDeadlineMs: 1000, stepDeadlineMs: 1000, maxMessageBytes: 1 << 20, reconnectMs: 1000, store: null,
+    });
+    await assert.rejects(worker.run(), (err: unknown) => err instanceof PartiError && err.code === 'refused' && /config hash other differs from this job's hash/.test(err.message));
+    assert.ok(coordinator.events.some((e) => e.kind === 'refused' && /stranger/.test(e.message)));
+  } finally {
+    coordinator.close();
+    await server.close();
+  }
+});
