@@ -217,7 +217,7 @@ export class FileStore implements ObjectStore {
     }
   }
 
-  async cleanupIncomplete(prefix: string, olderThan: Date): Promise<number> {
+  async cleanupIncomplete(prefix: string, olderThan: Date, only?: (key: string) => boolean): Promise<number> {
     checkPrefix(this.url, prefix);
     const temps: ObjectInfo[] = [];
     const slash = prefix.lastIndexOf('/');
@@ -228,7 +228,7 @@ export class FileStore implements ObjectStore {
     }
     let removed = 0;
     for (const t of temps) {
-      if (t.lastModified && t.lastModified >= olderThan) continue;
+      if ((t.lastModified && t.lastModified >= olderThan) || (only && !only(t.key))) continue;
       const file = path.join(this.root, ...t.key.split('/'));
       await unlink(file).then(
         () => removed++,

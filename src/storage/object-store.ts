@@ -54,10 +54,11 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /**
    * Removes what interrupted writes left under prefix and that started before `olderThan`:
-   * temp files (file://) or multipart uploads never completed (s3://). Returns how many it removed.
-   * Call it only when no write under prefix may still be running (or with a safe `olderThan`).
+   * temp files (file://) or multipart uploads never completed (s3://). `only`, when given, picks
+   * by the key being written (a temp file's own key on file://). Returns how many it removed.
+   * Call it only where no write may still be running (or with a safe `olderThan`).
    */
-  cleanupIncomplete(prefix: string, olderThan: Date): Promise<number>;
+  cleanupIncomplete(prefix: string, olderThan: Date, only?: (key: string) => boolean): Promise<number>;
   /** Releases sockets and handles. The store must not be used afterwards. */
   close(): Promise<void>;
 }

@@ -368,7 +368,7 @@ export class S3Store implements ObjectStore {
    * uploads (s3rver) get a warning once; a bucket lifecycle rule `AbortIncompleteMultipartUpload`
    * does the same job there.
    */
-  async cleanupIncomplete(prefix: string, olderThan: Date): Promise<number> {
+  async cleanupIncomplete(prefix: string, olderThan: Date, only?: (key: string) => boolean): Promise<number> {
     checkPrefix(this.url, prefix);
     let removed = 0;
     let keyMarker: string | undefined;
@@ -385,6 +385,7 @@ export class S3Store implements ObjectStore {
         );
         for (const u of res.Uploads ?? []) {
           if (!u.Key || !u.UploadId || (u.Initiated && u.Initiated >= olderThan)) continue;
+          if (only && !only(this.prefix ? u.Key.slice(this.prefix.length + 1) : u.Key)) continue;
           await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }));
           removed++;
         }

@@ -1,0 +1,128 @@
+import { createHash } from 'node:crypto';
+import type { ObjectStore } from './object-store.ts';
+import {
+  MANIFESTS_PREFIX,
+  checkpointManifestSchema,
+  manifestKey,
+  stepOfManifestKey,
+  type CheckpointManifest,
+  type CheckpointObjectRef,
+} from './checkpoint-manifest.ts';
+import { StorageError } from './storage-error.ts';
+import { PartiError } from '../errors.ts';
+import { log } from '../observability/log.ts';
+
+/** Options of loadCheckpoint. */
+export interface LoadOptions {
+  /** The running config's hash; a checkpoint with another one is refused. */
+  configHash: string;
+  /**
+   * Which objects to read and verify in full (a worker needs the parameters and its own optimizer
+   * shard). The others are still checked for presence and size. Default: all.
+   */
+  select?: (object: CheckpointObjectRef) => boolean;
+  signal?: AbortSignal;
+}
+
+/** A checkpoint read back and verified. */
+export interface LoadedCheckpoint {
+  manifest: CheckpointManifest;
+  /** The selected objects' bytes, by name, each checked against its size and sha256. */
+  objects: Map<string, Buffer>;
+  /** What went wrong with newer checkpoints that `latest` skipped, one line each. */
+  warnings: string[];
+}
+
+/** Steps that have a manifest (not checked), oldest first. */
+export async function listCheckpointSteps(store: ObjectStore): Promise<number[]> {
+  return (await store.list(MANIFESTS_PREFIX))
+    .map((o) => stepOfManifestKey(o.key))
+    .filter((s): s is number => s !== null)
+    .sort((a, b) => a - b);
+}
+
+/**
+ * Loads a committed checkpoint and verifies it: the manifest against its schema, the config hash,
+ * then every object's presence, size and sha256. A problem throws PartiError('checkpoint') naming
+ * the object. `latest` tries the newest committed step, then falls back to older ones, saying so
+ * (a warning in the log and in `warnings`); it returns null when the store holds no checkpoint.
+ */
+export async function loadCheckpoint(store: ObjectStore, which: 'latest', options: LoadOptions): Promise<LoadedCheckpoint | null>;
+export async function loadCheckpoint(store: ObjectStore, which: number, options: LoadOptions): Promise<LoadedCheckpoint>;
+export async function loadCheckpoint(store: ObjectStore, which: 'latest' | number, options: LoadOptions): Promise<LoadedCheckpoint | null> {
+  if (which !== 'latest') {
+    const loaded = await loadStep(store, which, options);
+    return { ...loaded, warnings: [] };
+  }
+  const steps = (await listCheckpointSteps(store)).reverse();
+  if (steps.length === 0) return null;
+  const warnings: string[] = [];
+  for (let i = 0; i < steps.length; i++) {
+    try {
+      const loaded = await loadStep(store, steps[i]!, options);
+      return { ...loaded, warnings };
+    } catch (err) {
+      if (!(err instanceof PartiError) || (err.code !== 'checkpoint' && !(err instanceof StorageError && err.reason === 'not-found'))) throw err;
+      const next = steps[i + 1];
+      const line = `${err.message}; ${next === undefined ? 'no older checkpoint to fall back to' : `falling back to step ${next}`}`;
+      warnings.push(line);
+      log.warn({ store: store.url, step: steps[i] }, line);
+    }
+  }
+  throw new PartiError('checkpoint', `${store.url}: no checkpoint loads (${warnings.length} tried): ${warnings.join(' | ')}`);
+}
+
+/** Reads and validates the manifest of a step. */
+export async function readManifest(store: ObjectStore, step: number, signal?: AbortSignal): Promise<CheckpointManifest> {
+  const key = manifestKey(step);
+  let raw: Buffer;
+  try {
+    raw = await store.get(key, { signal });
+  } catch (err) {
+    if (err instanceof StorageError && err.reason === 'not-found')
+      throw new PartiError('checkpoint', `checkpoint step ${step} does not exist in ${store.url} (no manifest ${key})`);
+    throw err;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} is not valid JSON (${raw.length} bytes)`);
+  }
+  const parsed = checkpointManifestSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} fails its schema: ${issue.path.map(String).join('.') || '(top level)'}: ${issue.message}`);
+  }
+  if (parsed.data.step !== step) throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} says step ${parsed.data.step}`);
+  return parsed.data;
+}
+
+async function loadStep(store: ObjectStore, step: number, options: LoadOptions): Promise<Omit<LoadedCheckpoint, 'warnings'>> {
+  const manifest = await readManifest(store, step, options.signal);
+  const key = manifestKey(step);
+  if (manifest.configHash !== options.configHash)
+    throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} was written by config ${manifest.configHash}, this run is ${options.configHash}`);
+  const objects = new Map<string, Buffer>();
+  for (const ref of manifest.objects) {
+    const what = `checkpoint step ${step}: object ${ref.name} (${ref.key})`;
+    if (options.select && !options.select(ref)) {
+      const info = await store.head(ref.key);
+      if (!info) throw new PartiError('checkpoint', `${what} is missing`);
+      if (info.size !== ref.size) throw new PartiError('checkpoint', `${what} has ${info.size} bytes, the manifest says ${ref.size} (truncated or replaced)`);
+      continue;
+    }
+    let bytes: Buffer;
+    try {
+      bytes = await store.get(ref.key, { signal: options.signal });
+    } catch (err) {
+      if (err instanceof StorageError && err.reason === 'not-found') throw new PartiError('checkpoint', `${what} is missing`);
+      throw err;
+    }
+    if (bytes.length !== ref.size) throw new PartiError('checkpoint', `${what} has ${bytes.length} bytes, the manifest says ${ref.size} (truncated or replaced)`);
+    const sha = createHash('sha256').update(bytes).digest('hex');
+    if (sha !== ref.sha256) throw new PartiError('checkpoint', `${what}: checksum mismatch (sha256 ${sha.slice(0, 12)}…, the manifest says ${ref.sha256.slice(0, 12)}…)`);
+    objects.set(ref.name, bytes);
+  }
+  return { manifest, objects };
+}

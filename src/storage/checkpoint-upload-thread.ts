@@ -1,0 +1,54 @@
+import { parentPort } from 'node:worker_threads';
+import type { ObjectStore } from './object-store.ts';
+import { openStore, type OpenStoreOptions } from './open-store.ts';
+import { writeCheckpointObjects, type SnapshotObject } from './checkpoint-writer.ts';
+import { PartiError } from '../errors.ts';
+import { StorageError } from './storage-error.ts';
+
+/**
+ * The CheckpointWriter's upload thread: hashes and uploads a snapshot off the training thread, so
+ * that sha256 and the store's own work do not take CPU time from the step loop.
+ */
+export interface UploadRequest {
+  type: 'save';
+  id: number;
+  url: string;
+  storeOptions?: OpenStoreOptions;
+  step: number;
+  objects: SnapshotObject[];
+  concurrency: number;
+}
+
+export type UploadReply =
+  | { type: 'done'; id: number; refs: import('./checkpoint-manifest.ts').CheckpointObjectRef[] }
+  | { type: 'failed'; id: number; message: string; code: string; reason?: string };
+
+let store: ObjectStore | null = null;
+let storeUrl = '';
+
+parentPort!.on('message', (req: UploadRequest | { type: 'close' }) => {
+  if (req.type === 'close') {
+    void (store?.close() ?? Promise.resolve()).finally(() => process.exit(0));
+    return;
+  }
+  void (async () => {
+    try {
+      if (!store || storeUrl !== req.url) {
+        await store?.close();
+        store = openStore(req.url, req.storeOptions);
+        storeUrl = req.url;
+      }
+      const refs = await writeCheckpointObjects(store, req.step, req.objects, req.concurrency);
+      parentPort!.postMessage({ type: 'done', id: req.id, refs } satisfies UploadReply);
+    } catch (err) {
+      const e = PartiError.from(err, 'checkpoint');
+      parentPort!.postMessage({
+        type: 'failed',
+        id: req.id,
+        message: e.message,
+        code: e.code,
+        reason: err instanceof StorageError ? err.reason : undefined,
+      } satisfies UploadReply);
+    }
+  })();
+});

@@ -1,0 +1,232 @@
+import { Worker } from 'node:worker_threads';
+import type { ObjectStore } from './object-store.ts';
+import { openStore, type OpenStoreOptions } from './open-store.ts';
+import { writeCheckpointObject, type ObjectBytes } from './checkpoint-commit.ts';
+import type { CheckpointObjectRef } from './checkpoint-manifest.ts';
+import type { UploadReply, UploadRequest } from './checkpoint-upload-thread.ts';
+import { PartiError, type PartiErrorCode } from '../errors.ts';
+import { log } from '../observability/log.ts';
+
+/** One object of a host-memory snapshot. */
+export interface SnapshotObject {
+  /** Name within the checkpoint (`params.bin`, `optimizer-rank-0.bin`). */
+  name: string;
+  bytes: ObjectBytes;
+}
+
+/** Writes a step's objects, `concurrency` at a time, and returns their manifest entries in order. */
+export async function writeCheckpointObjects(
+  store: ObjectStore,
+  step: number,
+  objects: readonly SnapshotObject[],
+  concurrency = 4,
+  signal?: AbortSignal,
+): Promise<CheckpointObjectRef[]> {
+  const refs: CheckpointObjectRef[] = new Array(objects.length);
+  let next = 0;
+  const lanes = Array.from({ length: Math.max(1, Math.min(concurrency, objects.length)) }, async () => {
+    while (next < objects.length) {
+      const i = next++;
+      refs[i] = await writeCheckpointObject(store, step, objects[i]!.name, objects[i]!.bytes, { signal });
+    }
+  });
+  await Promise.all(lanes);
+  return refs;
+}
+
+/** Options of a CheckpointWriter. */
+export interface CheckpointWriterOptions {
+  /** The checkpoint store's URL (`file:///…`, a path, `s3://bucket/prefix`). */
+  url: string;
+  /** Store options (part size, attempts...). Must be plain data when `thread` is on. */
+  storeOptions?: OpenStoreOptions;
+  /**
+   * Hash and upload in a worker thread (default true), so that the training thread only pays for
+   * the snapshot. Off: the upload runs on this thread's event loop (still asynchronous).
+   */
+  thread?: boolean;
+  /** Objects uploaded at once (default 4). */
+  concurrency?: number;
+  /**
+   * Hand the snapshot's memory to the upload thread instead of copying it (default true). The
+   * arrays passed to save() are unusable afterwards; only arrays that own their whole
+   * ArrayBuffer are moved, others are copied.
+   */
+  transfer?: boolean;
+}
+
+/** The writer's lifecycle. */
+export type CheckpointWriterState = { state: 'idle' } | { state: 'saving'; step: number } | { state: 'closed' };
+
+/** A save that was started. */
+export interface SaveTicket {
+  step: number;
+  /** The objects' manifest entries once all have landed; rejects if the save failed. */
+  done: Promise<CheckpointObjectRef[]>;
+}
+
+/** A save that failed: reported here, in the log and by the ticket; the next save tries again. */
+export interface SaveFailure {
+  step: number;
+  error: PartiError;
+}
+
+const THREAD_URL = new URL('./checkpoint-upload-thread.ts', import.meta.url).href;
+
+/**
+ * Saves checkpoint objects in the background (on a worker): takes a host-memory snapshot and
+ * uploads it while training goes on. At most one save is in flight: save() returns null while
+ * one is, and that checkpoint step is skipped. A failed save never commits anything (only the
+ * coordinator's commitManifest does); it is reported and the next checkpoint step saves afresh.
+ */
+export class CheckpointWriter {
+  private current: CheckpointWriterState = { state: 'idle' };
+  private failure: SaveFailure | null = null;
+  private worker: Worker | null = null;
+  private store: ObjectStore | null = null;
+  private nextId = 1;
+  private pending = new Map<number, { resolve: (refs: CheckpointObjectRef[]) => void; reject: (err: PartiError) => void }>();
+  private inFlight: Promise<unknown> = Promise.resolve();
+  private readonly options: Required<Omit<CheckpointWriterOptions, 'storeOptions'>> & { storeOptions?: OpenStoreOptions };
+
+  constructor(options: CheckpointWriterOptions) {
+    this.options = { thread: true, concurrency: 4, transfer: true, ...options };
+  }
+
+  get state(): CheckpointWriterState {
+    return this.current;
+  }
+
+  /** The last save that failed, until a later save succeeds. */
+  get lastFailure(): SaveFailure | null {
+    return this.failure;
+  }
+
+  /**
+   * Starts saving `objects` as step `step`, or returns null when a save is still in flight. The
+   * caller must not change the arrays afterwards (they are the snapshot).
+   */
+  save(step: number, objects: readonly SnapshotObject[]): SaveTicket | null {
+    if (this.current.state === 'closed') throw new PartiError('illegal-state', 'CheckpointWriter.save: the writer is closed');
+    if (this.current.state === 'saving') return null;
+    this.current = { state: 'saving', step };
+    const done = (this.options.thread ? this.saveInThread(step, objects) : this.saveHere(step, objects)).then(
+      (refs) => {
+        this.failure = null;
+        return refs;
+      },
+      (err: unknown) => {
+        const error = PartiError.from(err, 'checkpoint');
+        this.failure = { step, error };
+        log.warn({ step, err: error.message }, 'checkpoint save failed; the next checkpoint step saves again');
+        throw error;
+      },
+    );
+    this.inFlight = done.then(
+      () => {},
+      () => {},
+    );
+    void this.inFlight.then(() => {
+      if (this.current.state === 'saving') this.current = { state: 'idle' };
+    });
+    // A caller that drops the ticket must not cause an unhandled rejection: the failure is reported above.
+    done.catch(() => {});
+    return { step, done };
+  }
+
+  /** Resolves when no save is in flight. */
+  async whenIdle(): Promise<void> {
+    await this.inFlight;
+  }
+
+  /** Waits for the save in flight, then stops the upload thread. */
+  async close(): Promise<void> {
+    if (this.current.state === 'closed') return;
+    await this.inFlight;
+    this.current = { state: 'closed' };
+    await this.store?.close();
+    if (this.worker) {
+      const w = this.worker;
+      this.worker = null;
+      const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
+      w.postMessage({ type: 'close' });
+      const timer = setTimeout(() => void w.terminate(), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+  }
+
+  private async saveHere(step: number, objects: readonly SnapshotObject[]): Promise<CheckpointObjectRef[]> {
+    this.store ??= openStore(this.options.url, this.options.storeOptions);
+    return writeCheckpointObjects(this.store, step, objects, this.options.concurrency);
+  }
+
+  private startWorker(): Worker {
+    // The thread loads TypeScript through tsx, like the CLI (bin/parti.mjs); a worker does not
+    // inherit the parent's --import hooks.
+    const tsx = import.meta.resolve('tsx/esm/api');
+    const code = `(async () => { const { register } = await import(${JSON.stringify(tsx)}); register(); await import(${JSON.stringify(THREAD_URL)}); })();`;
+    const worker = new Worker(code, { eval: true });
+    worker.on('message', (reply: UploadReply) => {
+      const waiter = this.pending.get(reply.id);
+      if (!waiter) return;
+      this.pending.delete(reply.id);
+      if (reply.type === 'done') waiter.resolve(reply.refs);
+      else waiter.reject(new PartiError(reply.code as PartiErrorCode, reply.message));
+    });
+    const fail = (why: string) => {
+      if (this.worker === worker) this.worker = null;
+      for (const [id, waiter] of this.pending) {
+        this.pending.delete(id);
+        waiter.reject(new PartiError('checkpoint', `checkpoint upload thread ${why}`));
+      }
+    };
+    worker.on('error', (err) => fail(`failed: ${err.message}`));
+    worker.on('exit', (code) => fail(`exited (${code})`));
+    // The thread must not keep the process alive on its own.
+    worker.unref();
+    return worker;
+  }
+
+  private saveInThread(step: number, objects: readonly SnapshotObject[]): Promise<CheckpointObjectRef[]> {
+    this.worker ??= this.startWorker();
+    const id = this.nextId++;
+    const plain = objects.map((o) => ({
+      name: o.name,
+      bytes: ArrayBuffer.isView(o.bytes) ? [o.bytes] : [...(o.bytes as readonly ArrayBufferView[])],
+    }));
+    const transfer: ArrayBuffer[] = [];
+    if (this.options.transfer) {
+      const seen = new Set<ArrayBuffer>();
+      for (const o of plain)
+        for (const v of o.bytes) {
+          const buf = v.buffer;
+          // Only buffers the view owns whole: moving a shared one (Node's Buffer pool) would break others.
+          if (buf instanceof ArrayBuffer && v.byteOffset === 0 && v.byteLength === buf.byteLength && !seen.has(buf)) {
+            seen.add(buf);
+            transfer.push(buf);
+          }
+        }
+    }
+    const request: UploadRequest = {
+      type: 'save',
+      id,
+      url: this.options.url,
+      storeOptions: this.options.storeOptions,
+      step,
+      objects: plain,
+      concurrency: this.options.concurrency,
+    };
+    return new Promise<CheckpointObjectRef[]>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      // Keep the process alive while a save is in flight, and not longer.
+      this.worker!.ref();
+      try {
+        this.worker!.postMessage(request, transfer);
+      } catch (err) {
+        this.pending.delete(id);
+        reject(PartiError.from(err, 'checkpoint'));
+      }
+    }).finally(() => this.worker?.unref());
+  }
+}
