@@ -2,6 +2,7 @@ import { PartiError } from '../errors.ts';
 import { CollectiveNode, type CollectiveNodeOptions } from './collective-node.ts';
 import { sameToken, type Frame } from './frame.ts';
 import type { CollectiveTransport, Membership, TransportHandlers, TransportSession } from './transport.ts';
+import { copyBytes } from './wire-compression.ts';
 
 interface LiveSession {
   m: Membership;
@@ -63,7 +64,7 @@ export class InMemoryTransport implements CollectiveTransport {
         if (s.closed) throw new PartiError('collective-aborted', `epoch ${m.epoch} session of ${this.address} is closed`);
         const peer = this.hub.lookup(m.peers[to]!);
         if (!peer) throw new PartiError('collective-aborted', `rank ${to} (${m.peers[to]}) is unreachable`);
-        peer.accept({ ...frame, payload: frame.payload.slice() });
+        peer.accept({ ...frame, payload: copyBytes(frame.payload) });
       },
       close: () => {
         if (s.closed) return;

@@ -7,6 +7,7 @@ import {
   roundToWire,
   wireBytesPerElement,
   type WireCompression,
+  copyBytes,
 } from './wire-compression.ts';
 
 /** Where a payload belongs within one collective. */
@@ -182,7 +183,7 @@ export async function ringBroadcast(
   } else {
     const got = await ctx.recv(prev, { phase: Phase.broadcastLength, step: 0, chunk: 0 });
     if (got.byteLength !== 8) throw new PartiError('collective-aborted', `broadcast: rank ${prev} sent a bad length header`);
-    const length = new Float64Array(got.slice().buffer)[0]!;
+    const length = new Float64Array(copyBytes(got).buffer)[0]!;
     if (!Number.isInteger(length) || length < 0 || length > maxElements) {
       throw new PartiError('refused', `broadcast: rank ${prev} announced ${length} elements, more than the cap ${maxElements}`);
     }

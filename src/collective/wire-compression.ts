@@ -61,15 +61,22 @@ function f16ToF32Table(): Float32Array {
   return t;
 }
 
+/** A copy of `bytes` in its own ArrayBuffer (Buffer#slice would return a view of a pool). */
+export function copyBytes(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(bytes.byteLength);
+  out.set(bytes);
+  return out;
+}
+
 /** A Float32Array over `bytes`: a view when aligned, else a copy (grpc buffers may be unaligned). */
 export function float32View(bytes: Uint8Array): Float32Array {
   if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-  return new Float32Array(bytes.slice().buffer);
+  return new Float32Array(copyBytes(bytes).buffer);
 }
 
 function uint16View(bytes: Uint8Array): Uint16Array {
   if (bytes.byteOffset % 2 === 0) return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
-  return new Uint16Array(bytes.slice().buffer);
+  return new Uint16Array(copyBytes(bytes).buffer);
 }
 
 /** The wire bytes of `src`. For `none` a view of src's memory (no copy), else a new buffer. */

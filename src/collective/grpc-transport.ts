@@ -1,0 +1,335 @@
+import * as grpc from '@grpc/grpc-js';
+import { PartiError } from '../errors.ts';
+import { tracer } from '../observability/log.ts';
+import { CollectiveNode, type CollectiveNodeOptions } from './collective-node.ts';
+import {
+  decodeFrame,
+  decodeSubscribeRequest,
+  encodeFrame,
+  encodeSubscribeRequest,
+  sameToken,
+  type Frame,
+  type SubscribeRequest,
+} from './frame.ts';
+import type { CollectiveTransport, Membership, TransportHandlers, TransportSession } from './transport.ts';
+
+const trace = tracer('collective-grpc');
+
+const SUBSCRIBE_PATH = '/parti.collective.v1.Collective/Subscribe';
+
+/**
+ * proto/collective.proto's service with hand-written (de)serializers: frames are encoded once by
+ * encodeFrame (header fields, then the raw tensor bytes) and decoded without copying the payload.
+ */
+const serviceDefinition: grpc.ServiceDefinition = {
+  Subscribe: {
+    path: SUBSCRIBE_PATH,
+    requestStream: false,
+    responseStream: true,
+    requestSerialize: (r: SubscribeRequest) => encodeSubscribeRequest(r),
+    requestDeserialize: (b: Buffer) => decodeSubscribeRequest(b),
+    responseSerialize: (b: Buffer) => b,
+    responseDeserialize: (b: Buffer) => decodeFrame(b),
+    originalName: 'subscribe',
+  },
+};
+
+/** Settings of the gRPC transport (on top of the node's). */
+export interface GrpcTransportOptions {
+  jobId: string;
+  jobToken?: Uint8Array;
+  /** host:port to listen on; port 0 picks a free one. Default '127.0.0.1:0'. */
+  listen?: string;
+  /** host:port peers use to reach us. Default: the listen host with the bound port. */
+  advertise?: string;
+  /** Parallel streams (each on its own TCP connection) per pair of workers. Default 2. */
+  streams?: number;
+  /** Largest frame, bytes (a chunk plus a small header). Default 64 MiB. */
+  maxMessageBytes?: number;
+  /** HTTP/2 flow-control window of our subscriptions (what a peer may send ahead), bytes. Default 64 MiB. */
+  flowControlWindow?: number;
+}
+
+interface LiveSession {
+  m: Membership;
+  handlers: TransportHandlers;
+  closed: boolean;
+  /** Outgoing streams per peer rank (server side of that peer's subscriptions), by stream index. */
+  links: Map<number, grpc.ServerWritableStream<SubscribeRequest, Buffer>[]>;
+  linkWaiters: Map<number, { resolve(): void; reject(e: PartiError): void }[]>;
+  subscriptions: grpc.ClientReadableStream<Frame>[];
+  broken: Set<number>;
+  roundRobin: Map<number, number>;
+  closedError: PartiError | null;
+  onClose: (() => void)[];
+}
+
+function grpcError(code: grpc.status, details: string): Partial<grpc.StatusObject> {
+  return { code, details, metadata: new grpc.Metadata() };
+}
+
+/** Refusals travel as PERMISSION_DENIED / FAILED_PRECONDITION; everything else means the link is gone. */
+function fromStatus(err: grpc.ServiceError | Error, peer: string): PartiError {
+  const code = (err as grpc.ServiceError).code;
+  const details = (err as grpc.ServiceError).details ?? err.message;
+  if (code === grpc.status.PERMISSION_DENIED || code === grpc.status.FAILED_PRECONDITION) {
+    return new PartiError('refused', `${peer} refused us: ${details}`);
+  }
+  return new PartiError('collective-aborted', `link to ${peer} failed: ${code !== undefined ? grpc.status[code] : ''} ${details}`.trim());
+}
+
+/**
+ * Collectives over @grpc/grpc-js. Pull model: on open() we Subscribe to every peer (`streams`
+ * calls each, each on its own connection) and peers write their frames for us into those server
+ * streams; the receiver is the HTTP/2 client, so its flow-control window (which grpc-js lets a
+ * client set, not a server) governs how far a sender may run ahead.
+ */
+export class GrpcTransport implements CollectiveTransport {
+  private readonly server = new grpc.Server({
+    'grpc.max_send_message_length': -1,
+    'grpc.max_receive_message_length': 1 << 16,
+  });
+  private readonly clients = new Map<string, grpc.Client>();
+  private session: LiveSession | null = null;
+  /** Subscriptions of an epoch newer than ours: a peer configured before us. */
+  private parked: { req: SubscribeRequest; call: grpc.ServerWritableStream<SubscribeRequest, Buffer> }[] = [];
+  private closed = false;
+  private boundAddress = '';
+  private readonly streams: number;
+  private readonly maxMessageBytes: number;
+  private readonly window: number;
+  private readonly jobToken: Uint8Array;
+
+  private constructor(private readonly options: GrpcTransportOptions) {
+    this.streams = options.streams ?? 2;
+    this.maxMessageBytes = options.maxMessageBytes ?? 64 << 20;
+    this.window = options.flowControlWindow ?? 64 << 20;
+    this.jobToken = options.jobToken ?? new Uint8Array(0);
+    if (!Number.isInteger(this.streams) || this.streams < 1 || this.streams > 16) {
+      throw new PartiError('usage', `grpc transport: streams must be in 1..16, got ${this.streams}`);
+    }
+    this.server.addService(serviceDefinition, { Subscribe: (call: grpc.ServerWritableStream<SubscribeRequest, Buffer>) => this.onSubscribe(call) });
+  }
+
+  /** Starts the server; resolves once it listens. */
+  static async start(options: GrpcTransportOptions): Promise<GrpcTransport> {
+    const t = new GrpcTransport(options);
+    const listen = options.listen ?? '127.0.0.1:0';
+    const port = await new Promise<number>((resolve, reject) =>
+      t.server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new PartiError('usage', `collective listen ${listen}: ${err.message}`)) : resolve(p))),
+    );
+    const host = listen.slice(0, listen.lastIndexOf(':'));
+    t.boundAddress = options.advertise ?? `${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
+    return t;
+  }
+
+  get address(): string {
+    return this.boundAddress;
+  }
+
+  private client(address: string, stream: number): grpc.Client {
+    const key = `${address}#${stream}`;
+    let c = this.clients.get(key);
+    if (!c) {
+      c = new grpc.Client(address, grpc.credentials.createInsecure(), {
+        'grpc.max_receive_message_length': this.maxMessageBytes + 4096,
+        'grpc.max_send_message_length': 1 << 16,
+        'grpc-node.flow_control_window': this.window,
+        // One connection per stream index: several TCP connections share out the copying.
+        'grpc.use_local_subchannel_pool': 1,
+        'grpc.enable_retries': 0,
+        'grpc.keepalive_time_ms': 10_000,
+        'grpc.keepalive_timeout_ms': 5_000,
+        'grpc.keepalive_permit_without_calls': 1,
+      });
+      this.clients.set(key, c);
+    }
+    return c;
+  }
+
+  private refuse(call: grpc.ServerWritableStream<SubscribeRequest, Buffer>, code: grpc.status, details: string): void {
+    trace('refused subscription', { details });
+    call.emit('error', grpcError(code, details));
+  }
+
+  private onSubscribe(call: grpc.ServerWritableStream<SubscribeRequest, Buffer>): void {
+    const req = call.request;
+    if (this.closed) return this.refuse(call, grpc.status.UNAVAILABLE, `${this.address} is closed`);
+    if (req.jobId !== this.options.jobId || !sameToken(req.jobToken, this.jobToken)) {
+      return this.refuse(call, grpc.status.PERMISSION_DENIED, `job '${req.jobId}' (or its token) is not this worker's job '${this.options.jobId}'`);
+    }
+    const s = this.session;
+    if (!s || req.epoch > s.m.epoch) {
+      this.parked.push({ req, call });
+      call.on('cancelled', () => (this.parked = this.parked.filter((p) => p.call !== call)));
+      return;
+    }
+    if (req.epoch < s.m.epoch) {
+      return this.refuse(call, grpc.status.FAILED_PRECONDITION, `epoch ${req.epoch} is older than this worker's epoch ${s.m.epoch}`);
+    }
+    this.attach(s, req, call);
+  }
+
+  private attach(s: LiveSession, req: SubscribeRequest, call: grpc.ServerWritableStream<SubscribeRequest, Buffer>): void {
+    if (s.closed) return this.refuse(call, grpc.status.UNAVAILABLE, `epoch ${s.m.epoch} of ${this.address} has ended`);
+    if (req.rank >= s.m.peers.length || req.rank === s.m.rank || req.stream >= this.streams) {
+      return this.refuse(call, grpc.status.FAILED_PRECONDITION, `rank ${req.rank} stream ${req.stream} is not a peer stream of epoch ${s.m.epoch}`);
+    }
+    let links = s.links.get(req.rank);
+    if (!links) s.links.set(req.rank, (links = []));
+    links[req.stream] = call;
+    call.on('cancelled', () => this.linkLost(s, req.rank, new PartiError('collective-aborted', `rank ${req.rank} (${s.m.peers[req.rank]}) cancelled its stream`)));
+    call.on('error', () => {});
+    if (links.filter(Boolean).length === this.streams) {
+      for (const w of s.linkWaiters.get(req.rank) ?? []) w.resolve();
+      s.linkWaiters.delete(req.rank);
+    }
+  }
+
+  private linkLost(s: LiveSession, rank: number, err: PartiError): void {
+    if (s.closed || s.broken.has(rank)) return;
+    s.broken.add(rank);
+    trace('link lost', { rank, message: err.message });
+    s.handlers.onLinkError(rank, err);
+  }
+
+  open(m: Membership, handlers: TransportHandlers): TransportSession {
+    if (this.closed) throw new PartiError('illegal-state', `transport ${this.address} is closed`);
+    if (this.session && !this.session.closed) throw new PartiError('illegal-state', `transport ${this.address}: close the epoch ${this.session.m.epoch} session first`);
+    const s: LiveSession = {
+      m, handlers, closed: false, links: new Map(), linkWaiters: new Map(), subscriptions: [], broken: new Set(),
+      roundRobin: new Map(), closedError: null, onClose: [],
+    };
+    this.session = s;
+    const parked = this.parked;
+    this.parked = [];
+    for (const p of parked) {
+      if (p.req.epoch === m.epoch) this.attach(s, p.req, p.call);
+      else if (p.req.epoch > m.epoch) this.parked.push(p);
+      else this.refuse(p.call, grpc.status.FAILED_PRECONDITION, `epoch ${p.req.epoch} is older than this worker's epoch ${m.epoch}`);
+    }
+    for (let rank = 0; rank < m.peers.length; rank++) {
+      if (rank === m.rank) continue;
+      const peer = m.peers[rank]!;
+      for (let stream = 0; stream < this.streams; stream++) {
+        const req: SubscribeRequest = { jobId: m.jobId, epoch: m.epoch, rank: m.rank, stream, jobToken: m.jobToken };
+        const call = this.client(peer, stream).makeServerStreamRequest<SubscribeRequest, Frame>(
+          SUBSCRIBE_PATH,
+          serviceDefinition.Subscribe!.requestSerialize,
+          serviceDefinition.Subscribe!.responseDeserialize,
+          req,
+        );
+        call.on('data', (f: Frame) => {
+          if (!s.closed) handlers.onFrame(f);
+        });
+        call.on('error', (err: grpc.ServiceError) => this.linkLost(s, rank, fromStatus(err, `rank ${rank} (${peer})`)));
+        call.on('end', () => this.linkLost(s, rank, new PartiError('collective-aborted', `rank ${rank} (${peer}) ended its stream`)));
+        s.subscriptions.push(call);
+      }
+    }
+    return {
+      send: (to, frame) => this.send(s, to, frame),
+      close: () => this.closeSession(s),
+    };
+  }
+
+  private async send(s: LiveSession, to: number, frame: Frame): Promise<void> {
+    const closedErr = (): PartiError => s.closedError ?? new PartiError('collective-aborted', `epoch ${s.m.epoch} session of ${this.address} is closed`);
+    if (s.closed) throw closedErr();
+    if (s.broken.has(to)) throw new PartiError('collective-aborted', `the link to rank ${to} is broken`);
+    const bytes = frame.payload.byteLength;
+    if (bytes > this.maxMessageBytes) throw new PartiError('usage', `a frame of ${bytes} bytes is over the cap of ${this.maxMessageBytes}`);
+    let links = s.links.get(to);
+    if (!links || links.filter(Boolean).length < this.streams) {
+      await new Promise<void>((resolve, reject) => {
+        const list = s.linkWaiters.get(to) ?? [];
+        list.push({ resolve, reject });
+        s.linkWaiters.set(to, list);
+      });
+      links = s.links.get(to)!;
+    }
+    const i = s.roundRobin.get(to) ?? 0;
+    s.roundRobin.set(to, (i + 1) % this.streams);
+    const call = links[i]!;
+    // encodeFrame copies the payload once; after write() returns, the caller may reuse it.
+    if (call.write(encodeFrame(frame))) return;
+    await new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        call.off('drain', done);
+        resolve();
+      };
+      call.on('drain', done);
+      s.onClose.push(() => {
+        call.off('drain', done);
+        reject(closedErr());
+      });
+    });
+  }
+
+  private closeSession(s: LiveSession): void {
+    if (s.closed) return;
+    s.closed = true;
+    const err = new PartiError('collective-aborted', `epoch ${s.m.epoch} session of ${this.address} is closed`);
+    s.closedError = err;
+    for (const list of s.linkWaiters.values()) for (const w of list) w.reject(err);
+    s.linkWaiters.clear();
+    for (const f of s.onClose) f();
+    for (const links of s.links.values()) for (const call of links) call?.end();
+    for (const sub of s.subscriptions) sub.cancel();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.session) this.closeSession(this.session);
+    for (const p of this.parked) this.refuse(p.call, grpc.status.UNAVAILABLE, `${this.address} is closing`);
+    this.parked = [];
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+    this.server.forceShutdown();
+  }
+}
+
+/** Options of {@link createGrpcCollectiveNode}: the node's settings plus where to listen. */
+export interface GrpcCollectiveNodeOptions extends CollectiveNodeOptions {
+  /** host:port to listen on; port 0 picks a free port. Default '127.0.0.1:0'. */
+  listen?: string;
+  /** host:port peers use to reach this worker (e.g. the pod IP). Default: listen host + bound port. */
+  advertise?: string;
+  /** Parallel streams per pair of workers, each on its own TCP connection. Default 2. */
+  streams?: number;
+  /** HTTP/2 flow-control window of incoming streams, bytes. Default 64 MiB. */
+  flowControlWindow?: number;
+}
+
+/**
+ * Starts a worker's collective endpoint on gRPC and returns its {@link CollectiveNode}.
+ *
+ * ```ts
+ * const node = await createGrpcCollectiveNode({ jobId, listen: '0.0.0.0:0', advertise: `${podIp}:0` });
+ * report(node.address);                                  // tell the coordinator where we are
+ * node.configure({ epoch, rank, peers });                // on every membership change (peers in ring order)
+ * const avg = await node.allReduce(grads, { op: 'mean', deadlineMs: 30_000 });
+ * const { chunk, start, end } = await node.reduceScatter(grads);   // this rank's share
+ * const full = await node.allGather(chunk, { length: grads.length });
+ * const state = await node.broadcast(0, rank === 0 ? params : null);
+ * node.abort('peer 3 missed its heartbeat');             // fail the epoch on every rank now
+ * await node.close();
+ * ```
+ *
+ * Failures are PartiError: 'deadline', 'collective-aborted', 'refused', 'illegal-state'. After any
+ * failure the node refuses work until configure() brings a newer epoch (see CollectiveNode).
+ * With `advertise` unset and `listen` on 0.0.0.0 the address reported is 127.0.0.1:port.
+ */
+export async function createGrpcCollectiveNode(options: GrpcCollectiveNodeOptions): Promise<CollectiveNode> {
+  const transport = await GrpcTransport.start({
+    jobId: options.jobId,
+    jobToken: options.jobToken,
+    listen: options.listen,
+    advertise: options.advertise,
+    streams: options.streams,
+    maxMessageBytes: options.maxMessageBytes,
+    flowControlWindow: options.flowControlWindow,
+  });
+  return new CollectiveNode(transport, options);
+}
