@@ -1,0 +1,227 @@
+import { readFileSync } from 'node:fs';
+import { PatchStrategy, setHeaderOptions, type V1Job } from '@kubernetes/client-node';
+import { loadConfig } from '../config/load.ts';
+import { PartiError, usageError } from '../errors.ts';
+import { log } from '../observability/log.ts';
+import { apiStatus, clusterError, connectCluster, type Cluster, type ClusterOptions } from './cluster-client.ts';
+import { buildJobObjects, DEFAULT_DASHBOARD_SECRET, DEFAULT_S3_SECRET, type JobObjects, type JobObjectsInput } from './job-objects.ts';
+
+/** What `parti launch k8s` is asked to do. */
+export interface LaunchOptions {
+  /** The job config (YAML); validated, then stored verbatim in the ConfigMap. Its `name` names the job. */
+  configFile: string;
+  /** Image of the coordinator and the workers. */
+  image: string;
+  /** Worker pods; default: the config's runtime.workers. */
+  workers?: number;
+  /** NVIDIA GPUs per worker pod (default 0: CPU workers). */
+  gpusPerWorker?: number;
+  /** Namespace; default: the kubeconfig context's, then `default`. With dryRun, left out of the objects unless given. */
+  namespace?: string;
+  /** Secret with the S3 credentials (default parti-s3). */
+  s3Secret?: string;
+  /** Secret with the dashboard token under `token` (default parti-dashboard). */
+  dashboardSecret?: string;
+}
+
+/** What happened to one object. */
+export interface AppliedObject {
+  kind: string;
+  name: string;
+  /** created; configured (patched); unchanged (already as asked); scaled (the worker Job's size changed). */
+  action: 'created' | 'configured' | 'unchanged' | 'scaled';
+}
+
+const NAME_RE = /^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$/;
+const NAMESPACE_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** Validates the options and the config and builds the job's objects; touches no cluster. */
+export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; objects: JobObjects } {
+  if (!options.image || /\s/.test(options.image)) throw usageError('--image', `an image reference (registry/name:tag), got "${options.image ?? ''}"`);
+  if (options.workers !== undefined && (!Number.isInteger(options.workers) || options.workers < 1 || options.workers > 10000)) {
+    throw usageError('--workers', `an integer from 1 to 10000, got ${options.workers}`);
+  }
+  const gpus = options.gpusPerWorker ?? 0;
+  if (!Number.isInteger(gpus) || gpus < 0 || gpus > 64) throw usageError('--gpus', `an integer from 0 to 64, got ${gpus}`);
+  if (options.namespace !== undefined && !NAMESPACE_RE.test(options.namespace)) {
+    throw usageError('--namespace', `a DNS label (lowercase letters, digits, dashes, at most 63), got "${options.namespace}"`);
+  }
+  const config = loadConfig(options.configFile);
+  const configText = readFileSync(options.configFile, 'utf8');
+  // The name becomes NAME-workers-INDEX (a pod hostname, at most 63) and NAME-coordinator (a
+  // Service, which must start with a letter).
+  if (!NAME_RE.test(config.name)) {
+    throw new PartiError('config', `${options.configFile}: name: a Kubernetes job name must start with a letter and have at most 40 characters, got "${config.name}"`);
+  }
+  const input: JobObjectsInput = {
+    name: config.name,
+    configText,
+    image: options.image,
+    workers: options.workers ?? config.runtime.workers,
+    gpusPerWorker: gpus,
+    namespace: options.namespace,
+    s3Secret: options.s3Secret ?? DEFAULT_S3_SECRET,
+    dashboardSecret: options.dashboardSecret ?? DEFAULT_DASHBOARD_SECRET,
+  };
+  return { input, objects: buildJobObjects(input) };
+}
+
+/**
+ * Creates the job's objects in the cluster, in order, after checking that the namespace and the
+ * Secrets exist. An object that exists already is patched (Services, the Deployment), left as it
+ * is (the ConfigMap: its name is the hash of its content), or, for the worker Job, whose pod
+ * template cannot change, left as it is when it matches, resized when only the worker count
+ * differs, and refused otherwise.
+ */
+export async function applyJob(options: LaunchOptions & ClusterOptions): Promise<{ namespace: string; applied: AppliedObject[] }> {
+  const prepared = prepareJob(options);
+  const cluster = connectCluster(options);
+  const namespace = cluster.namespace;
+  const objects = buildJobObjects({ ...prepared.input, namespace });
+  await checkNamespace(cluster, namespace);
+  await checkSecret(cluster, namespace, prepared.input.s3Secret!, 'AWS_ACCESS_KEY_ID=… --from-literal=AWS_SECRET_ACCESS_KEY=…');
+  await checkSecret(cluster, namespace, prepared.input.dashboardSecret!, 'token=$(openssl rand -hex 24)');
+  // Decide about the worker Job before changing anything, so a refused launch changes nothing.
+  const jobPlan = await planWorkerJob(cluster, namespace, prepared.input.name, objects.workers);
+
+  const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+  // Each object but the Job: how to create it, and how to bring an existing one in line (null:
+  // the ConfigMap, whose name is the hash of its content, is already as asked).
+  const steps: { kind: string; name: string; create: () => Promise<unknown>; patch: (() => Promise<unknown>) | null }[] = [
+    {
+      kind: 'ConfigMap',
+      name: objects.configMap.metadata!.name!,
+      create: () => cluster.core.createNamespacedConfigMap({ namespace, body: objects.configMap }),
+      patch: null,
+    },
+    ...[objects.coordinatorService, objects.workersService].map((service) => ({
+      kind: 'Service',
+      name: service.metadata!.name!,
+      create: () => cluster.core.createNamespacedService({ namespace, body: service }),
+      patch: () => cluster.core.patchNamespacedService({ name: service.metadata!.name!, namespace, body: service }, merge),
+    })),
+    {
+      kind: 'Deployment',
+      name: objects.coordinator.metadata!.name!,
+      create: () => cluster.apps.createNamespacedDeployment({ namespace, body: objects.coordinator }),
+      patch: () => cluster.apps.patchNamespacedDeployment({ name: objects.coordinator.metadata!.name!, namespace, body: objects.coordinator }, merge),
+    },
+  ];
+  const applied: AppliedObject[] = [];
+  for (const step of steps) {
+    const what = `${step.kind.toLowerCase()} ${step.name} in namespace ${namespace}`;
+    try {
+      await step.create();
+      applied.push({ kind: step.kind, name: step.name, action: 'created' });
+      continue;
+    } catch (err) {
+      if (apiStatus(err) !== 409) throw notFoundIsNamespace(clusterError(cluster, `create ${what}`, err), err, namespace);
+    }
+    if (!step.patch) {
+      applied.push({ kind: step.kind, name: step.name, action: 'unchanged' });
+      continue;
+    }
+    try {
+      await step.patch();
+    } catch (err) {
+      throw clusterError(cluster, `patch ${what}`, err);
+    }
+    applied.push({ kind: step.kind, name: step.name, action: 'configured' });
+  }
+  applied.push(await applyWorkerJob(cluster, namespace, objects.workers, jobPlan));
+  log.debug({ namespace, applied }, 'launch: applied');
+  return { namespace, applied };
+}
+
+type JobPlan = { kind: 'create' } | { kind: 'unchanged' } | { kind: 'scale' };
+
+async function planWorkerJob(cluster: Cluster, namespace: string, jobName: string, desired: V1Job): Promise<JobPlan> {
+  const name = desired.metadata!.name!;
+  let existing: V1Job;
+  try {
+    existing = await cluster.batch.readNamespacedJob({ name, namespace });
+  } catch (err) {
+    if (apiStatus(err) === 404) return { kind: 'create' };
+    throw clusterError(cluster, `read job ${name} in namespace ${namespace}`, err);
+  }
+  // The server fills in defaults and the Job controller adds labels, so "the same" means every
+  // field we ask for is there with our value.
+  const { parallelism, completions, ...restSpec } = desired.spec!;
+  const { parallelism: oldParallelism, completions: oldCompletions, ...oldRest } = existing.spec ?? ({} as V1Job['spec'] & object);
+  if (!isSubset(restSpec, oldRest) || !isSubset(desired.metadata!.labels ?? {}, existing.metadata?.labels ?? {})) {
+    throw new PartiError(
+      'refused',
+      `job ${name} already exists in namespace ${namespace} with another image, config or pod spec (a Job's pods cannot change): delete it first with \`parti launch delete --job ${jobName}\``,
+    );
+  }
+  return parallelism === oldParallelism && completions === oldCompletions ? { kind: 'unchanged' } : { kind: 'scale' };
+}
+
+async function applyWorkerJob(cluster: Cluster, namespace: string, job: V1Job, plan: JobPlan): Promise<AppliedObject> {
+  const name = job.metadata!.name!;
+  if (plan.kind === 'unchanged') return { kind: 'Job', name, action: 'unchanged' };
+  if (plan.kind === 'scale') {
+    // An Indexed Job may change completions together with parallelism (elastic Indexed Jobs).
+    try {
+      await cluster.batch.patchNamespacedJob(
+        { name, namespace, body: { spec: { parallelism: job.spec!.parallelism, completions: job.spec!.completions } } },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    } catch (err) {
+      throw clusterError(cluster, `resize job ${name} in namespace ${namespace}`, err);
+    }
+    return { kind: 'Job', name, action: 'scaled' };
+  }
+  try {
+    await cluster.batch.createNamespacedJob({ namespace, body: job });
+  } catch (err) {
+    throw notFoundIsNamespace(clusterError(cluster, `create job ${name} in namespace ${namespace}`, err), err, namespace);
+  }
+  return { kind: 'Job', name, action: 'created' };
+}
+
+async function checkNamespace(cluster: Cluster, namespace: string): Promise<void> {
+  try {
+    await cluster.core.readNamespace({ name: namespace });
+  } catch (err) {
+    const status = apiStatus(err);
+    if (status === 404) throw new PartiError('usage', `namespace ${namespace} not found in ${cluster.server} (create it with \`kubectl create namespace ${namespace}\` or pass --namespace)`);
+    // Many users may not read namespaces (a cluster-scoped resource): creating the objects will tell.
+    if (status === 403) return;
+    throw clusterError(cluster, `read namespace ${namespace}`, err);
+  }
+}
+
+async function checkSecret(cluster: Cluster, namespace: string, name: string, literals: string): Promise<void> {
+  try {
+    await cluster.core.readNamespacedSecret({ name, namespace });
+  } catch (err) {
+    const status = apiStatus(err);
+    if (status === 404) {
+      throw new PartiError('usage', `secret ${name} not found in namespace ${namespace}: create it first, e.g. \`kubectl -n ${namespace} create secret generic ${name} --from-literal=${literals}\``);
+    }
+    if (status === 403) {
+      log.warn({ secret: name, namespace }, 'launch: not allowed to read secrets; the pods will not start if it is missing');
+      return;
+    }
+    throw clusterError(cluster, `read secret ${name} in namespace ${namespace}`, err);
+  }
+}
+
+/** A 404 on create means the namespace is missing (when we could not check it before). */
+function notFoundIsNamespace(error: PartiError, cause: unknown, namespace: string): PartiError {
+  return apiStatus(cause) === 404 ? new PartiError('usage', `namespace ${namespace} not found (${error.message})`, { cause }) : error;
+}
+
+/** True when every field of `want` is in `have` with the same value (arrays: same length, elementwise). */
+export function isSubset(want: unknown, have: unknown): boolean {
+  if (want === undefined) return true;
+  if (Array.isArray(want)) {
+    return Array.isArray(have) && have.length === want.length && want.every((w, i) => isSubset(w, have[i]));
+  }
+  if (want !== null && typeof want === 'object') {
+    if (have === null || typeof have !== 'object' || Array.isArray(have)) return false;
+    return Object.entries(want).every(([k, v]) => isSubset(v, (have as Record<string, unknown>)[k]));
+  }
+  return want === have;
+}
