@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { register as registerModel } from './model.ts';
+import { register as registerTrain } from './train.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [registerModel];
+export const commands: ((program: Command) => void)[] = [registerModel, registerTrain];
