@@ -12,6 +12,7 @@ import { Coordinator } from '../src/coordinator/coordinator.ts';
 import { startCoordinatorServer } from '../src/coordinator/coordinator-server.ts';
 import { readLedger } from '../src/coordinator/ledger.ts';
 import { StepPlan } from '../src/coordinator/step-samples.ts';
+import { EpochPlan } from '../src/data/epoch-plan.ts';
 import { LinearModel } from '../src/worker/linear-model.ts';
 import { WorkerRuntime } from '../src/worker/worker-runtime.ts';
 import { PartiError } from '../src/errors.ts';
@@ -30,9 +31,8 @@ async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: nu
     jobId: 'job',
     configHash: 'hash',
     totalSteps: steps,
-    globalBatch: 12,
     microBatch: 4,
-    plan: new StepPlan(96, 12, 3),
+    plan: new StepPlan(new EpochPlan([{ samples: 40 }, { samples: 56 }], { seed: 3, globalBatch: 12 })),
     targetWorkers: workers,
     minWorkers: workers,
     heartbeatMs: 100,
@@ -93,13 +93,13 @@ test('1, 2 and 3 workers reach the same parameters; the same world size is bitwi
   assert.notDeepEqual(one.params[0], new LinearModel({ dim: 10, seed: 5, lr: 0.05 }).params(), 'training changed the parameters');
   // exactly once: 12 steps of 12 = 144 samples = one and a half epochs of 96
   assert.equal(one.ledger.length, 12);
-  const epoch0 = one.ledger.filter((e) => e.dataEpoch === 0).flatMap((e) => e.samples).sort((a, b) => a - b);
+  const epoch0 = one.ledger.flatMap((e) => e.samples).filter(([epoch]) => epoch === 0).map(([, id]) => id).sort((a, b) => a - b);
   assert.deepEqual(epoch0, Array.from({ length: 96 }, (_, i) => i));
 });
 
 test('a non-finite gradient on one rank skips the step on every rank and is counted', { timeout: 30_000 }, async () => {
   const clean = await runJob(2, { steps: 4 });
-  const bad = await runJob(2, { steps: 4, nonFinite: [clean.ledger[1]!.samples[0]!] });
+  const bad = await runJob(2, { steps: 4, nonFinite: [clean.ledger[1]!.samples[0]![1]] });
   assert.equal(bad.skipped, 1);
   assert.deepEqual(bad.ledger.map((e) => e.skipped), [false, true, false, false]);
   assert.deepEqual(bad.params[0], bad.params[1]);
@@ -119,7 +119,7 @@ test('ZeRO-1 reaches the parameters of the unsharded run; optimizer state per wo
 
 test('a worker of another job or config is refused with a clear error on both sides', { timeout: 30_000 }, async () => {
   const coordinator = new Coordinator({
-    jobId: 'job', configHash: 'hash', totalSteps: 1, globalBatch: 2, microBatch: 2, plan: new StepPlan(4, 2, 0),
+    jobId: 'job', configHash: 'hash', totalSteps: 1, microBatch: 2, plan: new StepPlan(new EpochPlan([{ samples: 4 }], { seed: 0, globalBatch: 2 })),
     targetWorkers: 1, minWorkers: 1, heartbeatMs: 100, failureTimeoutMs: 1000, stepDeadlineMs: 1000, zeroStage: 0,
     checkpointEvery: 0, checkpoints: null, ledgerFile: null,
   });

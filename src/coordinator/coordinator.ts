@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { log as rootLog } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
 import { Ledger } from './ledger.ts';
-import { rankSlice, type StepPlan } from './step-samples.ts';
+import type { StepPlan } from './step-samples.ts';
 import type { Command, JoinReply, JoinRequest, StepReport } from './protocol.ts';
 
 /** What the coordinator needs to know about the job. Resolved once by the caller. */
@@ -18,8 +18,6 @@ export interface CoordinatorOptions {
   configHash: string;
   /** Optimizer steps of the job. */
   totalSteps: number;
-  /** Samples per optimizer step, across all ranks. */
-  globalBatch: number;
   /** Largest batch one forward/backward runs at once on a worker. */
   microBatch: number;
   plan: StepPlan;
@@ -446,28 +444,24 @@ export class Coordinator {
   }
 
   private startStep(): void {
-    const { samples, dataEpoch } = this.opts.plan.samplesOf(this.step);
+    const batch = this.opts.plan.samplesOf(this.step);
     const n = this.ring.length;
     this.phase = { kind: 'stepping', epoch: this.epoch, step: this.step, pending: new Set(this.ring), reports: [], startedAt: Date.now() };
-    this.ring.forEach((id, rank) =>
+    this.ring.forEach((id, rank) => {
+      const part = this.opts.plan.rankPart(batch, n, rank);
       this.send(id, {
-        step: {
-          epoch: this.epoch,
-          step: this.step,
-          samples: rankSlice(samples, rank, n),
-          globalBatch: samples.length,
-          microBatch: this.opts.microBatch,
-          dataEpoch,
-        },
-      }),
-    );
+        step: { epoch: this.epoch, step: this.step, refs: part.refs, ids: part.ids, globalBatch: batch.refs.length, microBatch: this.opts.microBatch },
+      });
+    });
   }
 
   private commitStep(p: Extract<CoordinatorPhase, { kind: 'stepping' }>): void {
     const skipped = p.reports.some((r) => r.nonFinite);
-    const { samples, dataEpoch } = this.opts.plan.samplesOf(p.step);
-    // The decision point: every rank holds the reduced gradient, so the step is applied exactly once.
-    this.ledger?.append({ step: p.step, dataEpoch, samples, worldSize: this.ring.length, skipped });
+    if (this.ledger) {
+      const { refs, ids } = this.opts.plan.samplesOf(p.step);
+      // The decision point: every rank holds the reduced gradient, so the step is applied exactly once.
+      this.ledger.append({ step: p.step, samples: refs.map((r, i) => [r.epoch, ids[i]!]), worldSize: this.ring.length, skipped });
+    }
     this.step = p.step + 1;
     for (const id of this.ring) this.send(id, { commit: { epoch: p.epoch, step: p.step } });
     const byRank = this.ring.map((id) => p.reports.find((r) => r.workerId === id)!);

@@ -10,8 +10,8 @@ import { dirname } from 'node:path';
 /** One committed optimizer step. */
 export interface LedgerEntry {
   step: number;
-  dataEpoch: number;
-  samples: number[];
+  /** Every sample of the step as [data epoch, sample index in the data set]. */
+  samples: [number, number][];
   /** World size that computed it. */
   worldSize: number;
   /** The gradient was not finite: the update was skipped on every rank (the samples are still consumed). */

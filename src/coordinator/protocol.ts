@@ -43,13 +43,18 @@ export interface ReconfigureCommand {
   restoreStep: number;
   step: number;
 }
+export interface SampleRefMessage {
+  epoch: number;
+  shard: number;
+  ordinal: number;
+}
 export interface StepCommand {
   epoch: number;
   step: number;
-  samples: number[];
+  refs: SampleRefMessage[];
   globalBatch: number;
   microBatch: number;
-  dataEpoch: number;
+  ids: number[];
 }
 export interface CommitCommand {
   epoch: number;

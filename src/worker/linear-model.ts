@@ -5,7 +5,7 @@
  * optimizer is elementwise, so a range of it (ZeRO-1) computes exactly what the whole would.
  */
 import { mixSeed } from '../data/seeded-random.ts';
-import { evenRanges, type GradientResult, type OptimizerShard, type StepContext, type Trainable } from './trainable.ts';
+import { evenRanges, type GradientResult, type OptimizerShard, type OptimizerSnapshot, type SampleBatch, type StepContext, type Trainable } from './trainable.ts';
 
 /** Options of the linear test model (runtime.testModel in the config). */
 export interface LinearModelOptions {
@@ -49,10 +49,11 @@ class AdamShard implements OptimizerShard {
     this.m = new Float32Array(end - start);
     this.v = new Float32Array(end - start);
   }
-  apply(params: Float32Array, grad: Float32Array, step: number): number {
+  private updates = 0;
+  apply(params: Float32Array, grad: Float32Array, _step: number): number {
     const b1 = 0.9;
     const b2 = 0.999;
-    const t = step + 1;
+    const t = ++this.updates;
     const c1 = 1 - b1 ** t;
     const c2 = 1 - b2 ** t;
     for (let i = 0; i < grad.length; i++) {
@@ -67,15 +68,16 @@ class AdamShard implements OptimizerShard {
   stateBytes(): number {
     return this.m.byteLength + this.v.byteLength;
   }
-  exportState(): Float32Array {
-    const out = new Float32Array(this.m.length * 2);
-    out.set(this.m, 0);
-    out.set(this.v, this.m.length);
-    return out;
+  exportState(): OptimizerSnapshot {
+    const state = new Float32Array(this.m.length * 2);
+    state.set(this.m, 0);
+    state.set(this.v, this.m.length);
+    return { updates: this.updates, state };
   }
-  importState(state: Float32Array): void {
-    this.m.set(state.subarray(0, this.m.length));
-    this.v.set(state.subarray(this.m.length, this.m.length * 2));
+  importState(snapshot: OptimizerSnapshot): void {
+    this.updates = snapshot.updates;
+    this.m.set(snapshot.state.subarray(0, this.m.length));
+    this.v.set(snapshot.state.subarray(this.m.length, this.m.length * 2));
   }
 }
 
@@ -99,10 +101,11 @@ export class LinearModel implements Trainable {
 
   paramsChanged(): void {}
 
-  async computeGradients(samples: readonly number[], _ctx: StepContext): Promise<GradientResult> {
+  async computeGradients(batch: SampleBatch, _ctx: StepContext): Promise<GradientResult> {
     const { dim, seed } = this.options;
     const grads = new Float32Array(this.paramCount);
     let lossSum = 0;
+    const samples = batch.ids;
     for (const index of samples) {
       const { x, y } = linearSample(index, dim, seed);
       let pred = this.flat[dim]!;

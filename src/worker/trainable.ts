@@ -17,6 +17,21 @@ export interface GradientResult {
   tokens: number;
 }
 
+/** Samples to compute: refs of the epoch plan and their indices in the data set. */
+export interface SampleBatch {
+  refs: readonly { epoch: number; shard: number; ordinal: number }[];
+  /** ids[i] is the index of refs[i] in the data set (per-sample randomness keys on it). */
+  ids: readonly number[];
+}
+
+/** Optimizer state of a range, flat: what a checkpoint or a joining peer takes. */
+export interface OptimizerSnapshot {
+  /** Updates applied so far (bias correction). */
+  updates: number;
+  /** `slots * (end - start)` floats, slot-major (all m, then all v). */
+  state: Float32Array;
+}
+
 /** Where a step is, for schedules and per-step randomness (dropout). */
 export interface StepContext {
   /** The optimizer step being computed (parameters go from version `step` to `step + 1`). */
@@ -42,9 +57,9 @@ export interface OptimizerShard {
    * The state as one flat vector of `slots * (end - start)` floats, slot-major (all m, then all v),
    * so that any range of it can be cut out (checkpoints, handing it to a joining peer).
    */
-  exportState(): Float32Array;
+  exportState(): OptimizerSnapshot;
   /** Restores what exportState returned for the same range. */
-  importState(state: Float32Array): void;
+  importState(snapshot: OptimizerSnapshot): void;
 }
 
 /** A model the worker can train data-parallel. */
@@ -57,8 +72,8 @@ export interface Trainable {
   params(): Float32Array;
   /** Tells the model that `params()` was written (e.g. to rebuild tensors). */
   paramsChanged(): void;
-  /** Summed gradients of these samples (global sample indices of the epoch plan). */
-  computeGradients(samples: readonly number[], ctx: StepContext): Promise<GradientResult>;
+  /** Summed gradients of these samples (bad samples are skipped and not counted). */
+  computeGradients(batch: SampleBatch, ctx: StepContext): Promise<GradientResult>;
   /** Creates the optimizer state of range [start, end), freshly initialized. */
   createOptimizer(start: number, end: number): OptimizerShard;
   /** Boundaries of `parts` contiguous ranges covering all parameters (ZeRO-1: rank r owns ranges[r]). */

@@ -22,7 +22,7 @@ import {
 } from '../coordinator/protocol.ts';
 import { segmentBounds } from '../collective/ring.ts';
 import type { CollectivePort } from './collective-port.ts';
-import type { OptimizerShard, Trainable } from './trainable.ts';
+import type { OptimizerShard, OptimizerSnapshot, Trainable } from './trainable.ts';
 
 /** A checkpoint object as the coordinator lists it in the manifest. */
 export interface SavedObject {
@@ -42,10 +42,10 @@ export interface WorkerStateStore {
     rank: number;
     worldSize: number;
     params: Float32Array | null;
-    optimizer: { start: number; end: number; slots: number; state: Float32Array };
+    optimizer: { start: number; end: number; slots: number; updates: number; state: Float32Array };
   }): Promise<SavedObject[]>;
   /** Reads the parameters and the optimizer state of [start, end) of committed step `step`. */
-  load(step: number, start: number, end: number): Promise<{ params: Float32Array; optimizerState: Float32Array }>;
+  load(step: number, start: number, end: number): Promise<{ params: Float32Array; optimizer: OptimizerSnapshot }>;
 }
 
 /** Options of a worker, resolved once by the CLI. */
@@ -377,7 +377,7 @@ export class WorkerRuntime {
       this.model.params().set(state.params);
       this.model.paramsChanged();
       this.optimizer = this.model.createOptimizer(start, end);
-      this.optimizer.importState(state.optimizerState);
+      this.optimizer.importState(state.optimizer);
       this.pristine = false;
     } else if (!this.optimizer || this.optimizer.start !== start || this.optimizer.end !== end) {
       if (this.optimizer && c.syncFromRank < 0) {
@@ -393,16 +393,17 @@ export class WorkerRuntime {
       const root = c.rank === c.syncFromRank;
       let mine: Float32Array | null = null;
       if (root) {
-        const state = opt.exportState();
-        mine = new Float32Array(params.length + state.length);
+        const snap = opt.exportState();
+        mine = new Float32Array(params.length + snap.state.length + 1);
         mine.set(params, 0);
-        mine.set(state, params.length);
+        mine.set(snap.state, params.length);
+        mine[mine.length - 1] = snap.updates;
       }
       const got = await this.opts.collective.broadcast(c.syncFromRank, mine, this.callOpts());
       if (!root) {
         params.set(got.subarray(0, params.length));
         this.model.paramsChanged();
-        opt.importState(got.subarray(params.length));
+        opt.importState({ state: got.subarray(params.length, got.length - 1), updates: got[got.length - 1]! });
       }
       this.pristine = false;
     }
@@ -426,8 +427,8 @@ export class WorkerRuntime {
     let samples = 0;
     let tokens = 0;
     const micro = Math.max(1, s.microBatch);
-    for (let i = 0; i < s.samples.length; i += micro) {
-      const g = await this.model.computeGradients(s.samples.slice(i, i + micro), ctx);
+    for (let i = 0; i < s.refs.length; i += micro) {
+      const g = await this.model.computeGradients({ refs: s.refs.slice(i, i + micro), ids: s.ids.slice(i, i + micro) }, ctx);
       if (i === 0) sum.set(g.grads);
       else for (let j = 0; j < p; j++) sum[j] = sum[j]! + g.grads[j]!;
       lossSum += g.lossSum;
@@ -465,7 +466,8 @@ export class WorkerRuntime {
     }
     const t2 = performance.now();
     // From here every rank holds bitwise the same reduced numbers, so every rank decides alike.
-    const divisor = s.globalBatch;
+    // Bad samples skipped by a reader are not in the sums: divide by the samples that counted.
+    const divisor = stats[3]! > 0 ? stats[3]! : s.globalBatch;
     const nonFinite = stats[1]! > 0 || !Number.isFinite(stats[2]!) || !Number.isFinite(stats[0]!);
     const norm = Math.sqrt(stats[2]!) / divisor;
     const clip = this.model.clipNorm > 0 && norm > this.model.clipNorm ? this.model.clipNorm / norm : 1;
@@ -525,7 +527,7 @@ export class WorkerRuntime {
       rank: this.rank,
       worldSize: this.worldSize,
       params: this.rank === 0 ? this.model.params().slice() : null,
-      optimizer: { start: opt.start, end: opt.end, slots: opt.slots, state: opt.exportState() },
+      optimizer: { start: opt.start, end: opt.end, slots: opt.slots, ...opt.exportState() },
     });
     this.state = 'idle';
     await this.report({ kind: 'CHECKPOINTED', epoch: this.epoch, step, checkpointObjectsJson: JSON.stringify(objects) });
