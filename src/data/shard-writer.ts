@@ -52,6 +52,11 @@ export class ShardSetWriter {
     if (this.pendingSamples >= this.options.shardSize) await this.flush();
   }
 
+  /** Ends the current shard now (to mirror another set's shard boundaries); a no-op when it is empty. */
+  async endShard(): Promise<void> {
+    await this.flush();
+  }
+
   private async flush(): Promise<void> {
     if (this.pendingSamples === 0) return;
     const name = `${this.options.prefix}-${String(this.shards.length).padStart(6, '0')}.tar`;
