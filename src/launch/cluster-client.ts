@@ -35,6 +35,8 @@ export interface Cluster {
   namespace: string;
   /** The API server's URL, for messages. */
   server: string;
+  /** The loaded kubeconfig (for streaming calls such as following logs). */
+  kubeConfig: KubeConfig;
 }
 
 /** Opens the clients. Fails with a one-line PartiError when there is no usable kubeconfig. */
@@ -84,6 +86,7 @@ export function connectCluster(options: ClusterOptions = {}): Cluster {
     batch: new BatchV1Api(configuration),
     namespace,
     server: cluster.server,
+    kubeConfig: kc,
   };
 }
 
