@@ -1,10 +1,11 @@
 import type { Command } from 'commander';
 import { register as registerModel } from './model.ts';
 import { register as registerTrain } from './train.ts';
+import { register as registerBench } from './bench.ts';
 import { register as registerData } from './data.ts';
 import { register as registerLaunch } from './launch.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerLaunch, registerData];
+export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData];
