@@ -4,8 +4,10 @@ import { register as registerTrain } from './train.ts';
 import { register as registerBench } from './bench.ts';
 import { register as registerData } from './data.ts';
 import { register as registerLaunch } from './launch.ts';
+import { register as registerCoordinator } from './coordinator.ts';
+import { register as registerWorker } from './worker.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData];
+export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker];

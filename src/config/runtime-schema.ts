@@ -32,6 +32,8 @@ export const runtimeSchema = z.strictObject({
    * (milliseconds). Also the deadline of each collective call a worker makes.
    */
   stepDeadlineMs: z.number().int().min(100).default(600_000),
+  /** A worker that cannot reach its coordinator keeps trying this long before it gives up (a restarted coordinator comes back within it) (milliseconds). */
+  reconnectMs: z.number().int().min(100).default(120_000),
   /** Deadline of one unary RPC between worker and coordinator (milliseconds). */
   rpcDeadlineMs: z.number().int().min(50).max(600_000).default(10_000),
   /** Largest coordinator message in bytes (commands, reports); larger ones are refused. */
@@ -42,8 +44,6 @@ export const runtimeSchema = z.strictObject({
    * state, then the parameters are all-gathered.
    */
   zeroStage: z.union([z.literal(0), z.literal(1)]).default(0),
-  /** Write a checkpoint every this many optimizer steps; 0 only at the end and on stop. */
-  checkpointEvery: z.number().int().min(0).default(0),
   /**
    * Test mode: the coordinator appends to this file, for every committed optimizer step, the
    * samples it consumed (JSON lines). Relative paths are inside the run directory.

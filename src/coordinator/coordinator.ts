@@ -40,6 +40,7 @@ export interface CoordinatorOptions {
 
 /** A checkpoint object one worker wrote. */
 export interface CheckpointObject {
+  name: string;
   key: string;
   size: number;
   sha256: string;

@@ -4,6 +4,8 @@
  * the contract both roles share: the worker imports it and nothing else from src/coordinator.
  */
 import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
+import type { Config } from '../config/schema.ts';
 import protobuf from 'protobufjs';
 import * as grpc from '@grpc/grpc-js';
 import { PartiError } from '../errors.ts';
@@ -211,4 +213,9 @@ export function fromGrpcError(err: unknown, what: string): PartiError {
 /** A call deadline `ms` from now. */
 export function deadlineIn(ms: number): Date {
   return new Date(Date.now() + ms);
+}
+
+/** Where a job's checkpoints live (both roles must agree): checkpoint.url, else `<run dir>/checkpoints`. */
+export function checkpointUrl(config: Config, runDir: string): string {
+  return config.checkpoint.url ?? join(resolve(runDir), 'checkpoints');
 }

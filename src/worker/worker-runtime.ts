@@ -9,7 +9,6 @@ import * as grpc from '@grpc/grpc-js';
 import { hostname } from 'node:os';
 import { log as rootLog } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
-import { mixSeed } from '../data/seeded-random.ts';
 import {
   createCoordinatorClient,
   deadlineIn,
@@ -26,6 +25,7 @@ import type { OptimizerShard, OptimizerSnapshot, Trainable } from './trainable.t
 
 /** A checkpoint object as the coordinator lists it in the manifest. */
 export interface SavedObject {
+  name: string;
   key: string;
   size: number;
   sha256: string;
@@ -420,7 +420,8 @@ export class WorkerRuntime {
     this.state = 'computing';
     const t0 = performance.now();
     const p = this.model.paramCount;
-    const ctx = { step: s.step, seed: mixSeed(this.opts.seed, s.step) };
+    // The model mixes the step into its per-sample randomness itself (keyed on sample ids).
+    const ctx = { step: s.step, seed: this.opts.seed };
     // Microbatches of at most microBatch samples, summed in a fixed order (bitwise reproducible).
     const sum = new Float32Array(p);
     let lossSum = 0;

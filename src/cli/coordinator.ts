@@ -1,0 +1,47 @@
+import type { Command } from 'commander';
+import { loadConfig } from '../config/load.ts';
+import { runCoordinator } from '../coordinator/coordinator-process.ts';
+import { usageError } from '../errors.ts';
+
+function int(flag: string, min: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw usageError(flag, `must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+    return n;
+  };
+}
+
+/** `parti coordinator`: the coordinator of one job (what a cluster runs; `parti train` starts one locally). */
+export function register(program: Command): void {
+  program
+    .command('coordinator')
+    .description('Run the coordinator of a training job: membership, step clock, data plan, checkpoint commits.')
+    .requiredOption('--config <file>', 'YAML config file')
+    .option('--run-dir <dir>', 'run directory (checkpoints, ledger)', 'runs/default')
+    .option('--job-id <id>', 'job id workers must present (default: the config name)')
+    .option('--host <host>', 'listen host (default runtime.coordinatorHost)')
+    .option('--port <port>', 'listen port, 0 = any free (default runtime.coordinatorPort)', int('--port', 0))
+    .option('--workers <n>', 'workers the job starts with (default runtime.workers)', int('--workers', 1))
+    .option('--min-workers <n>', 'fewest workers it keeps training with (default runtime.minWorkers)', int('--min-workers', 1))
+    .option('--steps <n>', 'optimizer steps (default: the stage config)', int('--steps', 1))
+    .option('--ledger <file>', 'test mode: write the exactly-once ledger here (relative to the run dir)')
+    .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string }) => {
+      const config = loadConfig(o.config);
+      const result = await runCoordinator(config, {
+        runDir: o.runDir,
+        jobId: o.jobId,
+        host: o.host,
+        port: o.port,
+        workers: o.workers,
+        minWorkers: o.minWorkers,
+        steps: o.steps,
+        ledger: o.ledger,
+        onListening: (address) => process.stdout.write(`coordinator listening on ${address}\n`),
+        onStep: (s) =>
+          process.stdout.write(
+            `${JSON.stringify({ step: s.step, loss: s.loss, worldSize: s.worldSize, skipped: s.skipped, stepMs: Math.round(s.stepMs), allReduceMs: Math.round(s.allReduceMs), computeMs: Math.round(s.computeMs), optimizerStateBytes: s.optimizerStateBytes, at: s.committedAt })}\n`,
+          ),
+      });
+      process.stdout.write(`${JSON.stringify({ done: true, ...result })}\n`);
+    });
+}

@@ -1,0 +1,30 @@
+import type { Command } from 'commander';
+import { loadConfig } from '../config/load.ts';
+import { usageError } from '../errors.ts';
+import { runWorker } from '../worker/worker-process.ts';
+
+function hostPort(flag: string) {
+  return (v: string): string => {
+    if (!/^[^\s:]+:\d{1,5}$/.test(v) || Number(v.split(':').pop()) > 65535) throw usageError(flag, `must be HOST:PORT, got ${JSON.stringify(v)}`);
+    return v;
+  };
+}
+
+/** `parti worker --coordinator HOST:PORT`: one data-parallel worker (what a cluster runs per pod). */
+export function register(program: Command): void {
+  program
+    .command('worker')
+    .description('Run a training worker: joins the coordinator, computes gradients, all-reduces with its ring neighbours.')
+    .requiredOption('--coordinator <host:port>', 'the coordinator to join', hostPort('--coordinator'))
+    .requiredOption('--config <file>', 'YAML config file (must hash like the coordinator\'s)')
+    .option('--run-dir <dir>', 'run directory (trained tokenizer, checkpoints)', 'runs/default')
+    .option('--job-id <id>', 'job id (default: the config name)')
+    .option('--listen <host:port>', 'collective endpoint (default runtime.workerHost:workerPort)', hostPort('--listen'))
+    .option('--advertise <host:port>', 'address peers reach the collective endpoint at (e.g. the pod IP)', hostPort('--advertise'))
+    .option('--params-out <file>', 'write the final parameters (float32) here when the job ends')
+    .action(async (o: { coordinator: string; config: string; runDir: string; jobId?: string; listen?: string; advertise?: string; paramsOut?: string }) => {
+      const config = loadConfig(o.config);
+      const exit = await runWorker(config, o);
+      process.stdout.write(`${JSON.stringify({ worker: 'stopped', ...exit })}\n`);
+    });
+}

@@ -1,0 +1,54 @@
+/**
+ * One coordinator process: resolves the job from the config, recovers from the latest committed
+ * checkpoint, serves the coordinator service until the job is done, and stops cleanly on SIGINT or
+ * SIGTERM (a checkpoint first, then every worker is told to stop).
+ */
+import type { Config } from '../config/schema.ts';
+import { log } from '../observability/log.ts';
+import { Coordinator, type StepSummary } from './coordinator.ts';
+import { startCoordinatorServer } from './coordinator-server.ts';
+import { resolveCoordinatorOptions, type JobOverrides } from './job.ts';
+
+/** Options of runCoordinator beyond the job's. */
+export interface CoordinatorProcessOptions extends JobOverrides {
+  host?: string;
+  port?: number;
+  /** Called once the service listens, with its host:port. */
+  onListening?: (address: string) => void;
+  /** Called for every committed step. */
+  onStep?: (s: StepSummary) => void;
+  /** Stop on these signals (default SIGINT and SIGTERM). */
+  signals?: NodeJS.Signals[];
+}
+
+/** Runs a job's coordinator to the end; resolves with the final step and why it ended. */
+export async function runCoordinator(config: Config, o: CoordinatorProcessOptions): Promise<{ step: number; reason: string; skippedSteps: number }> {
+  const opts = await resolveCoordinatorOptions(config, o);
+  const coordinator = new Coordinator(opts);
+  await coordinator.recover();
+  const server = await startCoordinatorServer(
+    coordinator,
+    o.host ?? config.runtime.coordinatorHost,
+    o.port ?? config.runtime.coordinatorPort,
+    config.runtime.maxMessageBytes,
+  );
+  const signals = o.signals ?? ['SIGINT', 'SIGTERM'];
+  const onSignal = (sig: NodeJS.Signals) => coordinator.requestStop(`${sig}`);
+  for (const s of signals) process.on(s, onSignal);
+  if (o.onStep) coordinator.subscribe((e) => e.type === 'step' && o.onStep!(e.step));
+  o.onListening?.(server.address);
+  log.child({ role: 'coordinator' }).info(
+    { job: opts.jobId, configHash: opts.configHash, steps: opts.totalSteps, workers: opts.targetWorkers, minWorkers: opts.minWorkers, zeroStage: opts.zeroStage },
+    'job ready',
+  );
+  try {
+    const done = await coordinator.done;
+    // let the stop commands reach the workers before the server goes
+    await new Promise((r) => setTimeout(r, 200));
+    return { ...done, skippedSteps: coordinator.skippedSteps };
+  } finally {
+    for (const s of signals) process.off(s, onSignal);
+    coordinator.close();
+    await server.close();
+  }
+}
