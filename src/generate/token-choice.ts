@@ -1,0 +1,124 @@
+import { hashInts, hashName } from '../model/rng.ts';
+
+/**
+ * How one image token is chosen from the model's logits, in plain JavaScript with float64
+ * arithmetic and no tfjs: the contract that `parti generate` (tfjs) and `parti serve` (ONNX
+ * Runtime) share so that the same prompt, settings and seed give the same image.
+ *
+ * For prompt p, sample s and image-token position t (all 0-based):
+ *
+ *   u = samplerUniform(seed, p, s, t)            // = hashInts(seed, p, s, t, SAMPLER_SITE) / 2^32
+ *   z[v] = guided logit of code v, in float64:    cond[v] when cfg = 1, else
+ *          uncond[v] + cfg * (cond[v] - uncond[v])
+ *   token = chooseToken(z, settings, u)
+ *
+ * chooseToken, step by step (every sum runs over the kept codes in ascending code order):
+ *   1. z[v] /= temperature.
+ *   2. top-k (k > 0 and k < V): keep the k codes with the largest z (ties: smaller code first).
+ *   3. w[v] = exp(z[v] - max kept z).
+ *   4. top-p (p < 1): order the kept codes by w descending (ties: smaller code first); keep the
+ *      shortest prefix whose running sum of w reaches p * (sum of kept w).
+ *   5. Draw: target = u * (sum of kept w); walk the kept codes in ascending order adding w;
+ *      the first code whose running sum exceeds target is the token (the last kept one if
+ *      rounding leaves none).
+ *
+ * Prompt index p is the prompt's position in the request (or prompt file) and s the sample's
+ * (candidate's, when reranking) index, so a prompt's images do not depend on how prompts are
+ * batched.
+ */
+
+/** Sampler settings that decide which token is drawn. */
+export interface TokenChoiceSettings {
+  /** Softmax temperature, > 0. */
+  temperature: number;
+  /** Keep the k most likely codes; 0 keeps all. */
+  topK: number;
+  /** Nucleus: keep the most likely codes whose probability adds up to p, in (0, 1]; 1 keeps all. */
+  topP: number;
+}
+
+/** Names the sampler's random stream (so it never coincides with dropout's). */
+export const SAMPLER_SITE = hashName('sampler');
+
+/** The uniform number in [0, 1) that draws token t of sample s of prompt p. */
+export function samplerUniform(seed: number, prompt: number, sample: number, token: number): number {
+  return hashInts(seed, prompt, sample, token, SAMPLER_SITE) / 4294967296;
+}
+
+/**
+ * Classifier-free guidance into `out` (float64): out[v] = uncond[v] + scale * (cond[v] - uncond[v]),
+ * or cond[v] when `uncond` is null.
+ */
+export function guidedLogits(cond: ArrayLike<number>, uncond: ArrayLike<number> | null, scale: number, out: Float64Array): Float64Array {
+  const V = out.length;
+  if (!uncond) for (let v = 0; v < V; v++) out[v] = cond[v]!;
+  else
+    for (let v = 0; v < V; v++) {
+      const u = uncond[v]!;
+      out[v] = u + scale * (cond[v]! - u);
+    }
+  return out;
+}
+
+/** Codes ordered by value descending, ties by code ascending. */
+function orderDescending(values: Float64Array, codes: Int32Array): Int32Array {
+  return codes.slice().sort((a, b) => values[b]! - values[a]! || a - b);
+}
+
+/**
+ * Chooses a code from float64 logits `z` (modified in place: divided by the temperature) with the
+ * uniform number `u` in [0, 1), as the module comment specifies.
+ */
+export function chooseToken(z: Float64Array, settings: TokenChoiceSettings, u: number): number {
+  const V = z.length;
+  const invT = 1 / settings.temperature;
+  for (let v = 0; v < V; v++) z[v] = z[v]! * invT;
+  let kept: Int32Array | null = null;
+  if (settings.topK > 0 && settings.topK < V) {
+    const all = new Int32Array(V);
+    for (let v = 0; v < V; v++) all[v] = v;
+    kept = orderDescending(z, all).subarray(0, settings.topK).sort();
+  }
+  let max = -Infinity;
+  if (kept) for (const v of kept) max = Math.max(max, z[v]!);
+  else for (let v = 0; v < V; v++) max = Math.max(max, z[v]!);
+  const w = new Float64Array(V);
+  let total = 0;
+  if (kept) for (const v of kept) total += w[v] = Math.exp(z[v]! - max);
+  else for (let v = 0; v < V; v++) total += w[v] = Math.exp(z[v]! - max);
+  if (settings.topP < 1) {
+    let codes = kept;
+    if (!codes) {
+      codes = new Int32Array(V);
+      for (let v = 0; v < V; v++) codes[v] = v;
+    }
+    const ordered = orderDescending(w, codes);
+    const goal = settings.topP * total;
+    let acc = 0;
+    let n = 0;
+    while (n < ordered.length) {
+      acc += w[ordered[n]!]!;
+      n++;
+      if (acc >= goal) break;
+    }
+    kept = ordered.subarray(0, n).sort();
+    total = 0;
+    for (const v of kept) total += w[v]!;
+  }
+  const target = u * total;
+  let acc = 0;
+  if (kept) {
+    for (const v of kept) {
+      acc += w[v]!;
+      if (target < acc) return v;
+    }
+    return kept[kept.length - 1]!;
+  }
+  for (let v = 0; v < V; v++) {
+    acc += w[v]!;
+    if (target < acc) return v;
+  }
+  // Rounding left no code: the last one with weight.
+  for (let v = V - 1; v >= 0; v--) if (w[v]! > 0) return v;
+  return V - 1;
+}
