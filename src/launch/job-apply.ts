@@ -46,7 +46,7 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
   if (options.namespace !== undefined && !NAMESPACE_RE.test(options.namespace)) {
     throw usageError('--namespace', `a DNS label (lowercase letters, digits, dashes, at most 63), got "${options.namespace}"`);
   }
-  const config = loadConfig(options.configFile);
+  const config = oneLine(() => loadConfig(options.configFile));
   const configText = readFileSync(options.configFile, 'utf8');
   // The name becomes NAME-workers-INDEX (a pod hostname, at most 63) and NAME-coordinator (a
   // Service, which must start with a letter).
@@ -205,6 +205,17 @@ async function checkSecret(cluster: Cluster, namespace: string, name: string, li
       return;
     }
     throw clusterError(cluster, `read secret ${name} in namespace ${namespace}`, err);
+  }
+}
+
+/** Runs `load`, folding a config error that lists several problems into its first one. */
+function oneLine<T>(load: () => T): T {
+  try {
+    return load();
+  } catch (err) {
+    if (!(err instanceof PartiError) || !err.message.includes('\n')) throw err;
+    const lines = err.message.split('\n');
+    throw new PartiError(err.code, `${lines[0]} (and ${lines.length - 1} more)`, { cause: err });
   }
 }
 
