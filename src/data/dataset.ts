@@ -1,6 +1,6 @@
 import type { DataConfig } from '../config/data-schema.ts';
 import type { OpenStoreOptions } from '../storage/open-store.ts';
-import type { SampleRef } from './epoch-plan.ts';
+import { EpochPlan, type SampleRef } from './epoch-plan.ts';
 import { emptyBadCounts } from './sample-format.ts';
 import { ShardSampleReader, type ReadResult, type ReadSample, type SampleReader, type SampleReaderOptions, type SampleReaderStats } from './sample-reader.ts';
 import { openShardSet, type ShardInfo, type ShardSet } from './shard-index.ts';
@@ -22,6 +22,12 @@ export interface Dataset {
   /** Shards with their sample counts: the input of EpochPlan. Synthetic sets have virtual shards. */
   shards: ShardInfo[];
   samples: number;
+  /** The config's data.windowShards, for the plan. */
+  windowShards: number;
+  /** Steps a worker should prefetch ahead (data.reader.prefetchSteps). */
+  prefetchSteps: number;
+  /** The epoch plan of this dataset: same (seed, globalBatch) gives the same plan everywhere. */
+  createPlan(options: { seed: number; globalBatch: number }): EpochPlan;
   /** A new reader (one per worker). */
   createReader(options?: SampleReaderOptions): SampleReader;
   /** Releases the store. Readers made from it must not be used afterwards. */
@@ -96,7 +102,14 @@ export async function openDataset(config: DataConfig, options: OpenDatasetOption
     maxCaptionBytes: config.maxCaptionBytes,
     tokenCount: options.tokenCount ?? 0,
     policy: config.badSamplePolicy,
+    readTimeoutMs: config.reader.readTimeoutMs,
+    cacheShards: Math.max(config.reader.cacheShards, config.windowShards + 1),
+    decodeConcurrency: config.reader.decodeConcurrency,
     ...options.reader,
+  };
+  const planning = {
+    windowShards: config.windowShards,
+    prefetchSteps: config.reader.prefetchSteps,
   };
   if (config.source === 'synthetic') {
     const { seed } = config.synthetic;
@@ -106,6 +119,8 @@ export async function openDataset(config: DataConfig, options: OpenDatasetOption
       source: `synthetic:seed=${seed}:${split}`,
       shards: syntheticShards(samples),
       samples,
+      ...planning,
+      createPlan: (o) => new EpochPlan(syntheticShards(samples), { ...o, windowShards: config.windowShards }),
       createReader: () => new SyntheticSampleReader({ seed, imageSize: options.imageSize, samples, split }),
       close: async () => {},
     };
@@ -117,6 +132,8 @@ export async function openDataset(config: DataConfig, options: OpenDatasetOption
     source: url,
     shards: set.shards,
     samples: set.samples,
+    ...planning,
+    createPlan: (o) => new EpochPlan(set.shards, { ...o, windowShards: config.windowShards }),
     createReader: (o) => new ShardSampleReader(set, { ...readerDefaults, ...o }),
     close: () => set.store.close(),
   };

@@ -66,7 +66,8 @@ test('shards: write then read round trip through the epoch plan, two ranks, exac
 test('synthetic dataset: the same samples as the generator, planned like shards', async () => {
   const ds = await openDataset(dataSchema.parse({ source: 'synthetic', synthetic: { samples: 300, seed: 2 } }), { imageSize: 32 });
   assert.deepEqual(ds.shards.map((s) => s.samples), [256, 44]);
-  const plan = new EpochPlan(ds.shards, { seed: 0, globalBatch: 16 });
+  const plan = ds.createPlan({ seed: 0, globalBatch: 16 });
+  assert.equal(plan.windowShards, 8);
   const reader = ds.createReader();
   const { samples } = await reader.read(plan.batchAt(EpochPlan.start()));
   assert.equal(samples.length, 16);
