@@ -144,7 +144,7 @@ test('the page shows the worker table and charts that update live (SSE)', { time
     if (s % 10 === 0) await new Promise((r) => setTimeout(r, 50));
   }
   await page.waitForFunction(() => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === '150', null, { timeout: 20_000 });
-  assert.equal(await chartLastStep(page, 'tokensPerSec'), 150);
+  assert.equal(await chartLastStep(page, 'throughput'), 150);
   assert.equal(await chartLastStep(page, 'lr'), 150);
   assert.equal(await page.locator('#s-step').textContent(), '150');
 

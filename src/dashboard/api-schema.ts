@@ -49,6 +49,7 @@ export const jobSummarySchema = z.strictObject({
   /** Latest values, for the summary (the same as the last entry of the step history). */
   loss: z.number().optional(),
   tokensPerSec: z.number().optional(),
+  samplesPerSec: z.number().optional(),
   lr: z.number().optional(),
   /** Steps skipped on all ranks because a gradient was not finite. */
   skippedSteps: z.number().int().min(0),
@@ -68,6 +69,8 @@ export type WorkerState = z.infer<typeof workerStateSchema>;
 export const workerInfoSchema = z.strictObject({
   /** Stable id of the worker process (survives rank changes). */
   id: z.string(),
+  /** A name for people: the pod name, or host and pid. */
+  name: z.string().optional(),
   /** Rank in the current membership epoch; absent while joining and after leaving. */
   rank: z.number().int().min(0).optional(),
   /** host:port the worker advertised. */

@@ -55,6 +55,12 @@ export interface RunStateStoreOptions {
   galleryKeep?: number;
   /** Prometheus metrics to keep up to date from what is pushed (see observability/metrics.ts). */
   metrics?: TrainingMetrics;
+  /**
+   * Write join, leave and failure events when a worker's state changes, and an event when the
+   * job's state changes (default true). Off when the caller records those events itself (the
+   * coordinator bridge forwards the coordinator's own).
+   */
+  autoEvents?: boolean;
   /** The clock, Unix ms (tests). */
   now?: () => number;
 }
@@ -116,6 +122,7 @@ export class RunStateStore implements RunStateView {
   readonly #metrics: TrainingMetrics | undefined;
   readonly #eventsKept: number;
   readonly #galleryKeep: number;
+  readonly #autoEvents: boolean;
   readonly #listeners = new Set<(update: LiveUpdate) => void>();
   #job: JobSummary;
   #ready = false;
@@ -135,6 +142,7 @@ export class RunStateStore implements RunStateView {
     this.#metrics = options.metrics;
     this.#eventsKept = options.eventsKept ?? 2000;
     this.#galleryKeep = options.galleryKeep ?? 48;
+    this.#autoEvents = options.autoEvents ?? true;
     const t = this.#now();
     this.#job = {
       jobId: options.jobId,
@@ -226,7 +234,7 @@ export class RunStateStore implements RunStateView {
   setJob(patch: JobPatch): void {
     const before = this.#job.state;
     this.#job = { ...this.#job, ...definedOnly(patch), updatedAt: this.#now() };
-    if (patch.state && patch.state !== before) {
+    if (patch.state && patch.state !== before && this.#autoEvents) {
       const kind: EventKind = patch.state === 'failed' ? 'error' : 'job';
       this.recordEvent({ kind, message: `job ${patch.state}${patch.error ? `: ${patch.error}` : ''}` });
     }
@@ -247,15 +255,17 @@ export class RunStateStore implements RunStateView {
     };
     if ('rank' in patch && patch.rank === undefined) delete next.rank;
     this.#workers.set(patch.id, next);
-    const name = next.id.startsWith('worker') ? next.id : `worker ${next.id}`;
+    const label = next.name ?? next.id;
+    const name = label.startsWith('worker') ? label : `worker ${label}`;
     const who = `${name}${next.rank !== undefined ? ` (rank ${next.rank})` : ''}`;
     const base = { worker: next.id, ...(next.rank !== undefined ? { rank: next.rank } : {}) };
-    if (!old) this.recordEvent({ ...base, kind: 'join', message: `${who} joined from ${next.host || 'unknown host'}` });
+    const events = this.#autoEvents;
+    if (!old && events) this.recordEvent({ ...base, kind: 'join', message: `${who} joined from ${next.host || 'unknown host'}` });
     if (old && old.state !== next.state) {
       if (next.state === 'failed') {
         this.#metrics?.workerFailuresTotal.inc();
-        this.recordEvent({ ...base, kind: 'failure', message: `${who} failed${reason ? `: ${reason}` : ''}` });
-      } else if (next.state === 'left') {
+        if (events) this.recordEvent({ ...base, kind: 'failure', message: `${who} failed${reason ? `: ${reason}` : ''}` });
+      } else if (next.state === 'left' && events) {
         this.recordEvent({ ...base, kind: 'leave', message: `${who} left${reason ? `: ${reason}` : ''}` });
       }
     }
@@ -301,6 +311,7 @@ export class RunStateStore implements RunStateView {
       worldSize: record.worldSize,
       tokensPerSec: record.tokensPerSec,
       lr: record.lr,
+      ...(record.samplesPerSec !== undefined ? { samplesPerSec: record.samplesPerSec } : {}),
       updatedAt: this.#now(),
       ...(Number.isFinite(record.loss) ? { loss: record.loss } : {}),
     };

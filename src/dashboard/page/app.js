@@ -4,7 +4,10 @@ import { LiveChart } from './charts.js';
 import { ago, bytes, clock, dateTime, duration, num } from './format.js';
 
 const $ = (id) => document.getElementById(id);
-const chartSeries = ['loss', 'tokensPerSec', 'lr'];
+// Chart id -> the history series it draws. Throughput is tokens/s, or samples/s for a model that
+// counts no tokens (the orchestration's linear test model).
+const chartSeries = { loss: 'loss', throughput: 'tokensPerSec', lr: 'lr' };
+const historySeries = ['loss', 'tokensPerSec', 'samplesPerSec', 'lr'];
 
 const state = {
   job: null,
@@ -61,10 +64,15 @@ function renderJob() {
   const eta = j.step > 0 && j.totalSteps > j.step ? (elapsed / j.step) * (j.totalSteps - j.step) : undefined;
   $('s-eta').textContent = `${duration(serverNow() - j.startedAt)} elapsed${eta !== undefined ? ` · ~${duration(eta)} left` : ''}`;
   $('s-loss').textContent = num(j.loss, 4);
-  $('s-tps').textContent = num(j.tokensPerSec);
+  // A model that counts no tokens (the linear test model) shows samples/s instead.
+  const bySamples = !(j.tokensPerSec > 0) && j.samplesPerSec > 0;
+  $('s-tps-label').textContent = bySamples ? 'Samples/s' : 'Tokens/s';
+  $('s-tps').textContent = num(bySamples ? j.samplesPerSec : j.tokensPerSec);
   $('s-lr').textContent = num(j.lr);
   $('s-workers').textContent = `${j.worldSize} / ${j.targetWorkers}`;
-  $('s-epoch').textContent = `min ${j.minWorkers} · epoch ${j.epoch}`;
+  // Epochs that start at the clock (a restarted coordinator's are newer) are not worth showing.
+  $('s-epoch').textContent = `min ${j.minWorkers}${j.epoch < 1e6 ? ` · epoch ${j.epoch}` : ''}`;
+  $('s-epoch').title = `membership epoch ${j.epoch}`;
   $('s-skipped').textContent = num(j.skippedSamples);
   $('s-skipped-sub').textContent = `samples · ${j.skippedSteps} steps`;
   $('s-ckpt').textContent = j.lastCheckpointStep !== undefined ? `step ${j.lastCheckpointStep}` : '–';
@@ -90,7 +98,7 @@ function renderWorkers() {
         'tr',
         { 'data-worker': w.id, 'data-state': w.state, class: liveStates.has(w.state) ? '' : 'gone' },
         el('td', { class: 'num rank', text: w.rank ?? '–' }),
-        el('td', { class: 'mono', text: w.id }),
+        el('td', { class: 'mono', title: w.id, text: w.name ?? w.id }),
         el('td', { class: 'mono', text: w.host }),
         el('td', {}, el('span', { class: 'pill', 'data-state': w.state, text: w.state })),
         el('td', { class: `num${stale ? ' warn' : ''}`, title: dateTime(w.lastHeartbeat), text: ago(since) }),
@@ -179,10 +187,16 @@ function renderGallery() {
 
 // ---- charts ----
 async function loadHistory() {
-  const h = await getJson(`api/history?series=${chartSeries.join(',')}&points=${state.historyPoints}`);
-  for (const s of chartSeries) {
-    const d = h.series[s] ?? { step: [], value: [] };
-    charts[s].setHistory(h.points, d.step, d.value);
+  const h = await getJson(`api/history?series=${historySeries.join(',')}&points=${state.historyPoints}`);
+  const counts = (name) => (h.series[name]?.value ?? []).some((v) => v > 0);
+  const throughput = !counts('tokensPerSec') && counts('samplesPerSec') ? 'samplesPerSec' : 'tokensPerSec';
+  if (throughput !== chartSeries.throughput) {
+    chartSeries.throughput = throughput;
+    $('throughput-unit').textContent = throughput === 'samplesPerSec' ? 'samples/s' : 'tokens/s';
+  }
+  for (const [chart, series] of Object.entries(chartSeries)) {
+    const d = h.series[series] ?? { step: [], value: [] };
+    charts[chart].setHistory(h.points, d.step, d.value);
   }
 }
 function historyStale() {
@@ -237,7 +251,9 @@ function connect() {
     renderJob();
   });
   on('step', (u) => {
-    for (const s of chartSeries) charts[s].push(u.step.step, u.step[s]);
+    for (const [chart, series] of Object.entries(chartSeries)) charts[chart].push(u.step.step, u.step[series]);
+    // A run that reports no tokens: switch the throughput chart to samples/s.
+    if (chartSeries.throughput === 'tokensPerSec' && !(u.step.tokensPerSec > 0) && u.step.samplesPerSec > 0) historyStale();
   });
   on('worker', (u) => {
     state.workers.set(u.worker.id, u.worker);
@@ -261,7 +277,7 @@ function connect() {
   });
 }
 
-for (const s of chartSeries) charts[s] = new LiveChart($(`chart-${s}`), s, historyStale);
+for (const [chart, series] of Object.entries(chartSeries)) charts[chart] = new LiveChart($(`chart-${chart}`), series, historyStale);
 // Heartbeat ages and elapsed time move even when nothing arrives.
 setInterval(() => {
   renderWorkers();

@@ -4,7 +4,7 @@
 import uPlot from './vendor/uPlot.esm.js';
 import { num } from './format.js';
 
-const colors = { loss: '#3b5bdb', tokensPerSec: '#0ca678', lr: '#e8590c' };
+const colors = { loss: '#3b5bdb', tokensPerSec: '#0ca678', samplesPerSec: '#0ca678', lr: '#e8590c' };
 
 export class LiveChart {
   /** @param {HTMLElement} el  @param {string} series  @param {() => void} onStale */

@@ -1,0 +1,209 @@
+import type { Coordinator, CoordinatorEvent, StepSummary } from '../coordinator/coordinator.ts';
+import type { DashboardConfig } from '../config/dashboard-schema.ts';
+import { createTrainingMetrics, type TrainingMetrics } from '../observability/metrics.ts';
+import type { EventKind, JobState, StepRecord, WorkerInfo } from './api-schema.ts';
+import { createDashboardServer, dashboardServerOptions, type DashboardServer } from './dashboard-server.ts';
+import { RunStateStore } from './run-state.ts';
+
+/** What the bridge reads off a Coordinator: its public fields and its subscribe(). */
+export type CoordinatorSource = Pick<Coordinator, 'opts' | 'phase' | 'step' | 'epoch' | 'ring' | 'members' | 'subscribe'>;
+
+/** Options of {@link bridgeCoordinator}. */
+export interface CoordinatorBridgeOptions {
+  /** How often worker rows and the job state are refreshed from the coordinator (default 500 ms). */
+  pollMs?: number;
+  /** Where the checkpoint of a step lives, for the checkpoint list (default `step N`). */
+  checkpointUri?: (step: number) => string;
+}
+
+function jobState(phase: CoordinatorSource['phase'], recovering: boolean): JobState {
+  switch (phase.kind) {
+    case 'waiting-for-workers':
+      return 'waiting';
+    case 'backoff':
+      return 'recovering';
+    case 'checkpointing':
+      return 'checkpointing';
+    case 'done':
+      return 'finished';
+    case 'forming':
+      return recovering ? 'recovering' : 'running';
+    default:
+      return 'running';
+  }
+}
+
+const eventKinds: Record<CoordinatorEvent['kind'], EventKind | null> = {
+  join: 'join',
+  refused: 'warning',
+  failure: 'failure',
+  abort: 'warning',
+  // A re-form after trouble is a recovery (recordRecovery); the first one starts the job.
+  reform: 'recovery',
+  leave: 'leave',
+  // The store records skipped steps itself from the step summaries.
+  'skipped-step': null,
+  checkpoint: 'checkpoint',
+  done: 'job',
+  waiting: 'job',
+};
+
+/**
+ * A step summary as a history record (rates over the step's wall time). The summary's `step` is
+ * the index of the step it committed (0-based); the dashboard counts completed steps, like the
+ * coordinator's `step` field and checkpoint steps, so index i is step i + 1.
+ */
+export function stepRecordOf(s: StepSummary): StepRecord {
+  const seconds = Math.max(s.stepMs, 1e-3) / 1000;
+  return {
+    step: s.step + 1,
+    time: s.committedAt,
+    loss: s.loss,
+    stepMs: s.stepMs,
+    tokensPerSec: s.tokens / seconds,
+    samplesPerSec: s.samples / seconds,
+    lr: s.learningRate,
+    ...(Number.isFinite(s.gradNorm) ? { gradNorm: s.gradNorm } : {}),
+    allReduceMs: s.allReduceMs,
+    worldSize: s.worldSize,
+    ...(s.skipped ? { skipped: true } : {}),
+  };
+}
+
+/**
+ * Feeds a RunStateStore from a Coordinator: committed steps and events as they happen (through
+ * `coordinator.subscribe`), worker rows and the job state by polling its public fields. The store
+ * should be made with `autoEvents: false`, since the coordinator's own join, leave and failure
+ * events are forwarded. Returns the function that stops the bridge.
+ */
+export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStateStore, options: CoordinatorBridgeOptions = {}): () => void {
+  const checkpointUri = options.checkpointUri ?? ((step: number) => `step ${step}`);
+  const known = new Map<string, { leaving: boolean }>();
+  // A re-form after a failure or an abort is a recovery; the first one is the start.
+  let troubled = false;
+
+  function sync(): void {
+    const ring = coordinator.ring;
+    const now = Date.now();
+    for (const m of coordinator.members.values()) {
+      const rank = ring.indexOf(m.id);
+      const state: WorkerInfo['state'] = m.leaving ? 'leaving' : rank >= 0 ? (m.synced ? 'training' : 'syncing') : m.send ? 'idle' : 'joining';
+      store.upsertWorker({
+        id: m.id,
+        name: m.name,
+        host: m.collectiveAddress,
+        state,
+        lastHeartbeat: m.lastHeartbeat,
+        rank: rank >= 0 ? rank : undefined,
+        ...(rank >= 0 && coordinator.step > 0 ? { step: coordinator.step } : {}),
+      });
+      known.set(m.id, { leaving: m.leaving });
+    }
+    for (const [id, k] of known) {
+      if (coordinator.members.has(id)) continue;
+      known.delete(id);
+      store.upsertWorker({ id, state: k.leaving ? 'left' : 'failed', rank: undefined, lastHeartbeat: now });
+    }
+    const phase = coordinator.phase;
+    const job = store.job();
+    const state = jobState(phase, troubled);
+    const worldSize = ring.length;
+    if (job.state !== state || job.worldSize !== worldSize || job.epoch !== coordinator.epoch) {
+      store.setJob({ state, worldSize, epoch: coordinator.epoch });
+    }
+  }
+
+  const unsubscribe = coordinator.subscribe((e) => {
+    if (e.type === 'step') {
+      // Workers that reported this step: those in the ring.
+      store.recordStep(stepRecordOf(e.step));
+      sync();
+      return;
+    }
+    const ev = e.event;
+    if (ev.kind === 'failure' || ev.kind === 'abort') troubled = true;
+    sync(); // worker rows first, so a failure event finds the row already failed
+    const kind = eventKinds[ev.kind];
+    if (ev.kind === 'reform' && troubled && !/^rolling back/.test(ev.message)) {
+      store.recordRecovery(ev.message, coordinator.step);
+      troubled = false;
+    } else if (ev.kind === 'checkpoint') {
+      store.addCheckpoint({ step: coordinator.step, time: ev.at, uri: checkpointUri(coordinator.step), worldSize: Math.max(1, coordinator.ring.length) });
+    } else if (ev.kind === 'reform') {
+      store.recordEvent({ kind: 'job', message: ev.message, time: ev.at, step: coordinator.step });
+    } else if (kind) {
+      store.recordEvent({ kind, message: ev.message, time: ev.at, step: coordinator.step });
+    }
+  });
+  const timer = setInterval(sync, options.pollMs ?? 500);
+  timer.unref();
+  sync();
+  return () => {
+    clearInterval(timer);
+    unsubscribe();
+  };
+}
+
+/** A coordinator's dashboard: metrics, state store, HTTP server and the bridge feeding them. */
+export interface CoordinatorDashboard {
+  readonly url: string;
+  readonly store: RunStateStore;
+  readonly metrics: TrainingMetrics;
+  readonly server: DashboardServer;
+  /** Stops the bridge and the server. */
+  close(): Promise<void>;
+}
+
+/** What the coordinator knows about its job that its options do not say. */
+export interface CoordinatorDashboardInfo {
+  /** The config's name. */
+  name: string;
+  /** Training stage (default `parti`). */
+  stage?: string;
+  /** Global batch size. */
+  batchSize?: number;
+  checkpointUri?: (step: number) => string;
+}
+
+/**
+ * Starts the dashboard of a coordinator from the config's `dashboard` section: one call for the
+ * launcher (`parti train`) and `parti coordinator`, e.g.
+ * `const dash = await startCoordinatorDashboard(coordinator, config.dashboard, { name: config.name });`
+ * then print `dash.url`, and `await dash.close()` on the way out. Marks the store ready at once
+ * (the coordinator exists and serves its job).
+ */
+export async function startCoordinatorDashboard(
+  coordinator: CoordinatorSource,
+  config: DashboardConfig,
+  info: CoordinatorDashboardInfo,
+): Promise<CoordinatorDashboard> {
+  const metrics = createTrainingMetrics({ processMetrics: true });
+  const o = coordinator.opts;
+  const store = new RunStateStore({
+    jobId: o.jobId,
+    name: info.name,
+    configHash: o.configHash,
+    totalSteps: o.totalSteps,
+    targetWorkers: o.targetWorkers,
+    minWorkers: o.minWorkers,
+    eventsKept: config.eventsKept,
+    galleryKeep: config.gallery.keep,
+    autoEvents: false,
+    metrics,
+    ...(info.stage ? { stage: info.stage } : {}),
+    ...(info.batchSize !== undefined ? { batchSize: info.batchSize } : {}),
+  });
+  const server = await createDashboardServer(dashboardServerOptions(config, { view: store, metrics }));
+  const stop = bridgeCoordinator(coordinator, store, info.checkpointUri ? { checkpointUri: info.checkpointUri } : {});
+  store.setReady(true);
+  return {
+    url: server.url,
+    store,
+    metrics,
+    server,
+    async close() {
+      stop();
+      await server.close();
+    },
+  };
+}

@@ -1,0 +1,128 @@
+// The dashboard during a real training run: the real Coordinator and its gRPC service on
+// 127.0.0.1, two real WorkerRuntimes (the orchestration's linear test model, in-memory
+// collectives, in this process), and the dashboard the coordinator serves through
+// startCoordinatorDashboard. Headless Chromium (Debian's) watches the run: it sees the worker
+// table and the charts update, and a screenshot is saved in test-artifacts/.
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type BrowserContext } from 'playwright-core';
+import { CollectiveNode } from '../src/collective/collective-node.ts';
+import { InMemoryHub } from '../src/collective/in-memory-transport.ts';
+import { Coordinator } from '../src/coordinator/coordinator.ts';
+import { startCoordinatorServer, type CoordinatorServer } from '../src/coordinator/coordinator-server.ts';
+import { StepPlan } from '../src/coordinator/step-samples.ts';
+import { EpochPlan } from '../src/data/epoch-plan.ts';
+import { LinearModel } from '../src/worker/linear-model.ts';
+import { WorkerRuntime } from '../src/worker/worker-runtime.ts';
+import { dashboardSchema } from '../src/config/dashboard-schema.ts';
+import { startCoordinatorDashboard, type CoordinatorDashboard } from '../src/dashboard/coordinator-bridge.ts';
+import { jobSummarySchema, overviewResponseSchema, workersResponseSchema } from '../src/dashboard/api-schema.ts';
+
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
+});
+
+const steps = 60;
+
+test('Chromium watches a real 2-worker training run on the dashboard', { timeout: 120_000 }, async () => {
+  const coordinator = new Coordinator({
+    jobId: 'dash-run',
+    configHash: 'hash',
+    totalSteps: steps,
+    microBatch: 4,
+    plan: new StepPlan(new EpochPlan([{ samples: 96 }], { seed: 3, globalBatch: 8 })),
+    targetWorkers: 2,
+    minWorkers: 2,
+    heartbeatMs: 100,
+    failureTimeoutMs: 3000,
+    stepDeadlineMs: 20_000,
+    zeroStage: 0,
+    checkpointEvery: 0,
+    checkpoints: null,
+    ledgerFile: null,
+  });
+  cleanups.push(() => coordinator.close());
+  const grpc: CoordinatorServer = await startCoordinatorServer(coordinator, '127.0.0.1', 0, 1 << 20);
+  cleanups.push(() => grpc.close());
+  const dash: CoordinatorDashboard = await startCoordinatorDashboard(coordinator, dashboardSchema.parse({ port: 0 }), { name: 'linear', stage: 'linear', batchSize: 8 });
+  cleanups.push(() => dash.close());
+
+  const profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
+  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
+  const context: BrowserContext = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1400, height: 1000 },
+    timeout: 30_000,
+  });
+  cleanups.push(() => context.close());
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (err) => errors.push(err.message));
+
+  // The page is open before any worker joins: the job waits.
+  await page.goto(dash.url, { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelector('#job-state')?.textContent === 'waiting', null, { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelector('#live')?.getAttribute('data-state') === 'live', null, { timeout: 20_000 });
+
+  const hub = new InMemoryHub();
+  const runtimes = Array.from({ length: 2 }, (_, i) =>
+    new WorkerRuntime({
+      coordinator: grpc.address,
+      jobId: 'dash-run',
+      configHash: 'hash',
+      name: `worker-${i}`,
+      // A short sleep per microbatch so the run lasts long enough to be watched.
+      createModel: async () => new LinearModel({ dim: 16, seed: 5, lr: 0.05, stepDelayMs: 25 }),
+      collective: new CollectiveNode(hub.transport(), { jobId: 'dash-run', chunkBytes: 64 }),
+      seed: 0,
+      zeroStage: 0,
+      heartbeatMs: 100,
+      rpcDeadlineMs: 5000,
+      stepDeadlineMs: 20_000,
+      maxMessageBytes: 1 << 20,
+      reconnectMs: 2000,
+      store: null,
+    }),
+  );
+  const exits = Promise.all(runtimes.map((r) => r.run()));
+  exits.catch(() => {});
+
+  // The worker table fills in, and the charts grow while the run goes on.
+  await page.waitForFunction(() => document.querySelectorAll('#workers tbody tr[data-state="training"]').length === 2, null, { timeout: 30_000 });
+  assert.deepEqual(await page.locator('#workers tbody td.rank').allTextContents(), ['0', '1']);
+  assert.deepEqual((await page.locator('#workers tbody tr td:nth-child(2)').allTextContents()).sort(), ['worker-0', 'worker-1']);
+  await page.waitForFunction(() => Number(document.querySelector('#chart-loss')?.getAttribute('data-last-step')) >= 3, null, { timeout: 30_000 });
+  const seen = Number(await page.locator('#chart-loss').getAttribute('data-last-step'));
+  assert.ok(seen < steps, `the page saw the run in progress (step ${seen} of ${steps})`);
+  await page.waitForFunction((s) => Number(document.querySelector('#chart-loss')?.getAttribute('data-last-step')) > s + 5, seen, { timeout: 30_000 });
+  assert.equal(await page.locator('#chart-loss canvas').count(), 1);
+
+  // The API answers its schemas while the run goes on.
+  const overview = overviewResponseSchema.parse(await (await fetch(`${dash.url}api/overview`)).json());
+  assert.equal(overview.job.jobId, 'dash-run');
+  assert.equal(overview.job.worldSize, 2);
+  assert.ok(overview.events.some((e) => e.kind === 'join'));
+  await page.screenshot({ path: join(mkdirSync('test-artifacts', { recursive: true }) ?? 'test-artifacts', 'dashboard-training-run.png'), fullPage: true });
+
+  const done = await exits;
+  assert.ok(done.every((e) => e.applied === steps));
+  await page.waitForFunction(() => document.querySelector('#job-state')?.textContent === 'finished', null, { timeout: 20_000 });
+  await page.waitForFunction((n) => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === String(n), steps, { timeout: 20_000 });
+  const job = jobSummarySchema.parse(await (await fetch(`${dash.url}api/job`)).json());
+  assert.equal(job.step, steps);
+  workersResponseSchema.parse(await (await fetch(`${dash.url}api/workers`)).json());
+  const metrics = await (await fetch(`${dash.url}metrics`)).text();
+  assert.match(metrics, new RegExp(`^parti_steps_total ${steps}$`, 'm'));
+  // The loss the chart drew came down: the run trained.
+  const history = (await (await fetch(`${dash.url}api/history?series=loss`)).json()) as { series: { loss: { value: number[] } } };
+  const loss = history.series.loss.value;
+  assert.ok(loss.at(-1)! < loss[0]!, `loss ${loss[0]} -> ${loss.at(-1)}`);
+  await page.screenshot({ path: join('test-artifacts', 'dashboard-training-run-finished.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+});
