@@ -59,7 +59,7 @@ function writeVarint(buf: Buffer, pos: number, v: number): number {
 /** Encodes fields in protobuf wire format; `bytes` fields are copied once, into the result. */
 class FieldWriter {
   private readonly parts: (readonly [number, number | Uint8Array])[] = [];
-  private size = 0;
+  size = 0;
   uint(field: number, v: number): this {
     if (v !== 0) {
       this.parts.push([field, v]);
@@ -67,8 +67,8 @@ class FieldWriter {
     }
     return this;
   }
-  bytes(field: number, v: Uint8Array): this {
-    if (v.byteLength !== 0) {
+  bytes(field: number, v: Uint8Array, always = false): this {
+    if (v.byteLength !== 0 || always) {
       this.parts.push([field, v]);
       this.size += varintLength((field << 3) | 2) + varintLength(v.byteLength) + v.byteLength;
     }
@@ -126,7 +126,22 @@ function readFields(buf: Uint8Array, what: string, visit: (field: number, v: num
 
 const utf8 = new TextDecoder();
 
+const PAD = new Uint8Array(8);
+
+/**
+ * Encodes a frame; the payload is copied once, into the result. A `pad` field (14) places the
+ * payload at an offset that is a multiple of 8 counting grpc-js's 5-byte message prefix: grpc-js
+ * hands large received messages over in a fresh buffer at that prefix, so the receiver can read
+ * the floats in place instead of copying them to an aligned buffer.
+ */
 export function encodeFrame(f: Frame): Buffer {
+  const header = frameHeader(f);
+  const payloadPrefix = f.payload.byteLength === 0 ? 0 : 1 + varintLength(f.payload.byteLength);
+  const before = 5 + header.size + 2 + payloadPrefix; // 2: the pad field's tag and length
+  return header.bytes(14, PAD.subarray(0, (8 - (before % 8)) % 8), true).bytes(15, f.payload).finish();
+}
+
+function frameHeader(f: Frame): FieldWriter {
   return new FieldWriter()
     .string(1, f.jobId)
     .uint(2, f.epoch)
@@ -137,9 +152,7 @@ export function encodeFrame(f: Frame): Buffer {
     .uint(7, f.step)
     .uint(8, f.chunk)
     .string(9, f.reason)
-    .bytes(10, f.jobToken)
-    .bytes(15, f.payload)
-    .finish();
+    .bytes(10, f.jobToken);
 }
 
 export function decodeFrame(buf: Uint8Array): Frame {

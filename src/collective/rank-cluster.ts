@@ -28,7 +28,9 @@ export class RankCluster {
   static async start(count: number, options: (i: number) => GrpcCollectiveNodeOptions, timeoutMs = 30_000): Promise<RankCluster> {
     const ranks: RankHandle[] = [];
     for (let i = 0; i < count; i++) {
-      const child = spawn(process.execPath, ['--import', 'tsx', RANK_PROCESS, JSON.stringify(options(i))], {
+      // PARTI_RANK_NODE_ARGS adds node flags to every rank process (e.g. --cpu-prof for profiling).
+      const extra = (process.env.PARTI_RANK_NODE_ARGS ?? '').split(' ').filter(Boolean);
+      const child = spawn(process.execPath, [...extra, '--import', 'tsx', RANK_PROCESS, JSON.stringify(options(i))], {
         stdio: ['pipe', 'pipe', 'pipe'],
         env: { ...process.env, PARTI_LOG_FORMAT: 'json' },
       });

@@ -76,7 +76,7 @@ function checkLength(got: Uint8Array, elements: number, compress: WireCompressio
  * rank r holds the full sum of segment r. Each segment is summed in the fixed ring order
  * r+1, r+2, ..., r: the result does not depend on timing.
  */
-async function reduceScatterChain(ctx: RingContext, buf: Float32Array, c: number, compress: WireCompression): Promise<void> {
+async function reduceScatterChain(ctx: RingContext, buf: Float32Array, c: number, op: ReduceOp, compress: WireCompression): Promise<void> {
   const { rank: r, size: n } = ctx;
   const next = mod(r + 1, n);
   const prev = mod(r - 1, n);
@@ -88,7 +88,8 @@ async function reduceScatterChain(ctx: RingContext, buf: Float32Array, c: number
     sent.catch(() => {}); // a failed send fails the epoch; the recv below then rejects too
     const got = await ctx.recv(prev, at);
     checkLength(got, rb - ra, compress, prev, 'reduce-scatter');
-    addWireInto(got, compress, buf.subarray(ra, rb));
+    // The last step completes this rank's own segment: the mean's division is fused into it.
+    addWireInto(got, compress, buf.subarray(ra, rb), k === n - 2 && op === 'mean' ? n : 1);
     await sent;
   }
 }
@@ -111,12 +112,10 @@ async function allGatherChain(ctx: RingContext, buf: Float32Array, c: number, co
   }
 }
 
-/** Finishes this rank's own chunk after reduce-scatter: the mean, then what peers will see of it. */
-function finishOwned(ctx: RingContext, buf: Float32Array, c: number, op: ReduceOp, compress: WireCompression): void {
+/** After reduce-scatter, this rank's own chunk becomes what its peers will see of it. */
+function finishOwned(ctx: RingContext, buf: Float32Array, c: number, compress: WireCompression): void {
   const [a, b] = chunkOf(ctx, buf.length, ctx.rank, c);
-  const mine = buf.subarray(a, b);
-  if (op === 'mean' && ctx.size > 1) for (let i = 0; i < mine.length; i++) mine[i]! /= ctx.size;
-  roundToWire(mine, compress);
+  roundToWire(buf.subarray(a, b), compress);
 }
 
 export type ReduceOp = 'sum' | 'mean';
@@ -130,8 +129,8 @@ export async function ringReduceScatter(ctx: RingContext, buf: Float32Array, op:
   const n = chunkCount(buf.length, ctx.size, ctx.chunkElements);
   if (ctx.size === 1) return;
   await forEachChunk(n, ctx.inflight, async (c) => {
-    await reduceScatterChain(ctx, buf, c, compress);
-    finishOwned(ctx, buf, c, op, compress);
+    await reduceScatterChain(ctx, buf, c, op, compress);
+    finishOwned(ctx, buf, c, compress);
   });
 }
 
@@ -151,8 +150,8 @@ export async function ringAllReduce(ctx: RingContext, buf: Float32Array, op: Red
   if (ctx.size === 1) return;
   const n = chunkCount(buf.length, ctx.size, ctx.chunkElements);
   await forEachChunk(n, ctx.inflight, async (c) => {
-    await reduceScatterChain(ctx, buf, c, compress);
-    finishOwned(ctx, buf, c, op, compress);
+    await reduceScatterChain(ctx, buf, c, op, compress);
+    finishOwned(ctx, buf, c, compress);
     await allGatherChain(ctx, buf, c, compress);
   });
 }

@@ -110,8 +110,18 @@ export function decodeWireInto(bytes: Uint8Array, c: WireCompression, out: Float
   }
 }
 
-/** acc[i] = float32(acc[i] + decoded element i): the one reduction every collective uses. */
-export function addWireInto(bytes: Uint8Array, c: WireCompression, acc: Float32Array): void {
+/**
+ * acc[i] = float32(acc[i] + decoded element i), then divided by `divisor` (float32) when given:
+ * the one reduction every collective uses (the division fused in saves a pass over the memory).
+ */
+export function addWireInto(bytes: Uint8Array, c: WireCompression, acc: Float32Array, divisor = 1): void {
+  if (divisor !== 1) {
+    let x: Float32Array;
+    if (c === 'none') x = float32View(bytes);
+    else decodeWireInto(bytes, c, (x = new Float32Array(acc.length)));
+    for (let i = 0; i < x.length; i++) acc[i] = Math.fround(acc[i]! + x[i]!) / divisor;
+    return;
+  }
   if (c === 'none') {
     const x = float32View(bytes);
     for (let i = 0; i < x.length; i++) acc[i]! += x[i]!;
