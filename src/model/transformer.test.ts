@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from './backend.ts';
 import { batchMatmul, crossEntropy, embed, gelu, layerNorm, linear } from './ops.ts';
 import { LayoutBuilder } from './param-layout.ts';
-import { addBlockParams, block, causalBias, EVAL_CONTEXT, type ForwardContext } from './transformer.ts';
+import { addBlockParams, block, causalBias, dropout, EVAL_CONTEXT, type ForwardContext } from './transformer.ts';
 import { PartiModel } from './parti.ts';
 import { loadConfig } from '../config/load.ts';
 import { SequentialRandom } from './rng.ts';
@@ -183,13 +183,12 @@ test('incremental decoding with a key/value cache matches the full forward pass'
   for (const x of p.values()) x.dispose();
 });
 
-test('dropout masks depend on (seed, step, sample id), not on batch composition', async () => {
-  const { dropout } = await import('./transformer.ts');
+test('dropout masks depend on (seed, step, sample id), not on batch composition', () => {
   tf.tidy(() => {
     const ones = tf.ones([2 * 3, 4]);
     const ctx = (ids: number[], step = 5): ForwardContext => ({ training: true, seed: 9, step, sampleIds: ids });
-    const both = dropout(ones, 0.5, ctx([10, 11]), 'site').arraySync();
-    const alone = dropout(tf.ones([3, 4]), 0.5, ctx([11]), 'site').arraySync();
+    const both = dropout(ones, 0.5, ctx([10, 11]), 'site').arraySync() as number[][];
+    const alone = dropout(tf.ones([3, 4]), 0.5, ctx([11]), 'site').arraySync() as number[][];
     assert.deepEqual(both.slice(3), alone);
     const other = dropout(ones, 0.5, ctx([10, 11], 6), 'site').arraySync();
     assert.notDeepEqual(other, both);
