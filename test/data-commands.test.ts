@@ -100,7 +100,7 @@ test('parti data tokenize adds KEY.tokens equal to the tokenizer\'s encode', { t
     stage: 'tokenizer',
     step: 0,
     configHash: 'test',
-    layout: vq.layout.entries.map((e) => ({ name: e.name, shape: e.shape, offset: e.offset })),
+    layout: vq.layout.entries.map((e) => ({ name: e.name, shape: [...e.shape], offset: e.offset })),
     params,
     optimizer: { type: 'adamw', updates: 0, range: [0, params.length], slots: {} },
     extra: {},
