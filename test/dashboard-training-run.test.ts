@@ -36,7 +36,8 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
     microBatch: 4,
     plan: new StepPlan(new EpochPlan([{ samples: 96 }], { seed: 3, globalBatch: 8 })),
     targetWorkers: 2,
-    minWorkers: 2,
+    // Elastic down to 1: worker-1 leaves half way (as on SIGTERM) and the job goes on.
+    minWorkers: 1,
     heartbeatMs: 100,
     failureTimeoutMs: 3000,
     stepDeadlineMs: 20_000,
@@ -108,21 +109,30 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
   assert.equal(overview.job.jobId, 'dash-run');
   assert.equal(overview.job.worldSize, 2);
   assert.ok(overview.events.some((e) => e.kind === 'join'));
-  await page.screenshot({ path: join(mkdirSync('test-artifacts', { recursive: true }) ?? 'test-artifacts', 'dashboard-training-run.png'), fullPage: true });
+  mkdirSync('test-artifacts', { recursive: true });
+  await page.screenshot({ path: join('test-artifacts', 'dashboard-training-run.png'), fullPage: true });
+
+  // worker-1 leaves at a step boundary: its row says so, the job goes on with one worker.
+  await runtimes[1]!.requestLeave('test: scale down');
+  await page.waitForFunction(() => document.querySelector('#workers tbody tr[data-state="left"]')?.textContent?.includes('worker-1') ?? false, null, { timeout: 30_000 });
+  await page.locator('#events li[data-kind="leave"]').first().waitFor({ timeout: 10_000 });
+  await page.waitForFunction(() => /^1 \//.test(document.querySelector('#s-workers')?.textContent ?? ''), null, { timeout: 10_000 });
 
   const done = await exits;
-  assert.ok(done.every((e) => e.applied === steps));
+  assert.equal(done[0]!.applied, steps);
+  assert.ok(done[1]!.applied < steps, `worker-1 left after ${done[1]!.applied} steps`);
   await page.waitForFunction(() => document.querySelector('#job-state')?.textContent === 'finished', null, { timeout: 20_000 });
   await page.waitForFunction((n) => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === String(n), steps, { timeout: 20_000 });
   const job = jobSummarySchema.parse(await (await fetch(`${dash.url}api/job`)).json());
   assert.equal(job.step, steps);
-  workersResponseSchema.parse(await (await fetch(`${dash.url}api/workers`)).json());
   const metrics = await (await fetch(`${dash.url}metrics`)).text();
   assert.match(metrics, new RegExp(`^parti_steps_total ${steps}$`, 'm'));
   // The loss the chart drew came down: the run trained.
   const history = (await (await fetch(`${dash.url}api/history?series=loss`)).json()) as { series: { loss: { value: number[] } } };
   const loss = history.series.loss.value;
   assert.ok(loss.at(-1)! < loss[0]!, `loss ${loss[0]} -> ${loss.at(-1)}`);
+  const workers = workersResponseSchema.parse(await (await fetch(`${dash.url}api/workers`)).json()).workers;
+  assert.deepEqual(workers.map((w) => [w.name, w.rank, w.state]), [['worker-0', 0, 'training'], ['worker-1', undefined, 'left']]);
   await page.screenshot({ path: join('test-artifacts', 'dashboard-training-run-finished.png'), fullPage: true });
   assert.deepEqual(errors, []);
 });
