@@ -11,9 +11,10 @@ import { deleteJob } from '../src/launch/job-delete.ts';
 import { buildJobObjects } from '../src/launch/job-objects.ts';
 import { formatJobStatus, jobLogs, jobStatus } from '../src/launch/job-status.ts';
 import { FakeKubernetesApi } from './helpers/k8s-fake-api-server.ts';
+import { writeClusterConfig } from './helpers/k8s-kustomize.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CONFIG = path.join(ROOT, 'configs/tiny.yaml');
+const CONFIG = writeClusterConfig('tiny');
 const IMAGE = 'registry.example.com/parti:0.1.0-cpu';
 const NS = 'ml-team';
 const run = promisify(execFile);
@@ -162,6 +163,12 @@ test('404 answers: a missing namespace is named; unreachable clusters and bad co
   const badConfig = await rejection(applyJob({ configFile: path.join(ROOT, 'package.json'), image: IMAGE, workers: 2, kubeconfig }));
   assert.equal(badConfig.code, 'config');
   assert.match(badConfig.message, /package\.json: model: required \(object\) \(and 2 more\)$/);
+  const local = await rejection(applyJob({ configFile: path.join(ROOT, 'configs/tiny.yaml'), image: IMAGE, workers: 2, kubeconfig }));
+  assert.match(local.message, /tiny\.yaml: dashboard\.host: must be 0\.0\.0\.0 in a cluster .*got 127\.0\.0\.1$/);
+  const fileCheckpoints = await rejection(
+    applyJob({ configFile: writeClusterConfig('tiny', [['url: s3://YOUR-BUCKET/parti', 'url: file:///var/lib/parti/ckpt']]), image: IMAGE, workers: 2, kubeconfig }),
+  );
+  assert.match(fileCheckpoints.message, /checkpoint\.url: must be s3:\/\/bucket\/prefix in a cluster .*got file:\/\/\/var\/lib\/parti\/ckpt$/);
   const badFlag = await rejection(applyJob({ configFile: CONFIG, image: IMAGE, workers: 0, kubeconfig }));
   assert.equal(badFlag.message, '--workers: an integer from 1 to 10000, got 0');
 });

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { buildJobObjects, jobObjectList } from '../src/launch/job-objects.ts';
-import { byKindAndName, K8S_DIR, parseYamlObjects, renderKustomize, writeJobOverlay, type K8sObject } from './helpers/k8s-kustomize.ts';
+import { byKindAndName, K8S_DIR, parseYamlObjects, renderKustomize, writeClusterConfig, writeJobOverlay, type K8sObject } from './helpers/k8s-kustomize.ts';
 import { schemaProblems } from './helpers/k8s-schema.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -112,7 +112,7 @@ test('parti launch builds the same objects as the overlays, for their inputs and
   }
   // Another name, namespace, image, worker count and config, through a leaf overlay a user would write.
   for (const variant of ['cpu', 'gpu'] as const) {
-    const inputs = { variant, name: 'tiny', configFile: path.join(ROOT, 'configs/tiny.yaml'), image: 'ghcr.io/acme/parti:2.0', workers: 5, namespace: 'ml-team' };
+    const inputs = { variant, name: 'tiny', configFile: writeClusterConfig('tiny'), image: 'ghcr.io/acme/parti:2.0', workers: 5, namespace: 'ml-team' };
     const expected = byKindAndName(renderKustomize(writeJobOverlay(inputs)));
     const built = buildJobObjects({
       name: 'tiny',
@@ -130,7 +130,7 @@ test('parti launch builds the same objects as the overlays, for their inputs and
 });
 
 test('`parti launch k8s --dry-run` prints, as YAML, what kubectl kustomize renders for the same inputs', async () => {
-  const inputs = { variant: 'gpu' as const, name: 'tiny', configFile: path.join(ROOT, 'configs/tiny.yaml'), image: 'ghcr.io/acme/parti@sha256:' + 'ab'.repeat(32), workers: 3, namespace: 'ml-team' };
+  const inputs = { variant: 'gpu' as const, name: 'tiny', configFile: writeClusterConfig('tiny'), image: 'ghcr.io/acme/parti@sha256:' + 'ab'.repeat(32), workers: 3, namespace: 'ml-team' };
   const expected = renderKustomize(writeJobOverlay(inputs));
   const { stdout } = await run(
     process.execPath,

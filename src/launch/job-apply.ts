@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { PatchStrategy, setHeaderOptions, type V1Job } from '@kubernetes/client-node';
 import { loadConfig } from '../config/load.ts';
+import type { Config } from '../config/schema.ts';
 import { PartiError, usageError } from '../errors.ts';
 import { log } from '../observability/log.ts';
 import { apiStatus, clusterError, connectCluster, type Cluster, type ClusterOptions } from './cluster-client.ts';
-import { buildJobObjects, DEFAULT_DASHBOARD_SECRET, DEFAULT_S3_SECRET, type JobObjects, type JobObjectsInput } from './job-objects.ts';
+import { buildJobObjects, COORDINATOR_HTTP_PORT, DEFAULT_DASHBOARD_SECRET, DEFAULT_S3_SECRET, type JobObjects, type JobObjectsInput } from './job-objects.ts';
 
 /** What `parti launch k8s` is asked to do. */
 export interface LaunchOptions {
@@ -53,6 +54,7 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
   if (!NAME_RE.test(config.name)) {
     throw new PartiError('config', `${options.configFile}: name: a Kubernetes job name must start with a letter and have at most 40 characters, got "${config.name}"`);
   }
+  checkClusterReady(options.configFile, config);
   const input: JobObjectsInput = {
     name: config.name,
     configText,
@@ -205,6 +207,24 @@ async function checkSecret(cluster: Cluster, namespace: string, name: string, li
       return;
     }
     throw clusterError(cluster, `read secret ${name} in namespace ${namespace}`, err);
+  }
+}
+
+/**
+ * What a config needs to run in pods: the dashboard on every address at the port the probes use
+ * (the kubelet probes the pod IP), and checkpoints in object storage (a path inside a pod dies
+ * with it, and the restarted coordinator would find nothing to resume from).
+ */
+function checkClusterReady(file: string, config: Config): void {
+  const d = config.dashboard;
+  if (!d.enabled) throw new PartiError('config', `${file}: dashboard.enabled: must be true in a cluster (the coordinator's probes are its /healthz and /readyz)`);
+  if (d.host !== '0.0.0.0' && d.host !== '::') {
+    throw new PartiError('config', `${file}: dashboard.host: must be 0.0.0.0 in a cluster (the kubelet probes the pod IP; the token protects it), got ${d.host}`);
+  }
+  if (d.port !== COORDINATOR_HTTP_PORT) throw new PartiError('config', `${file}: dashboard.port: must be ${COORDINATOR_HTTP_PORT} in a cluster (the port the Service and probes use), got ${d.port}`);
+  const url = config.checkpoint.url;
+  if (!url?.startsWith('s3://')) {
+    throw new PartiError('config', `${file}: checkpoint.url: must be s3://bucket/prefix in a cluster (a pod's own disk is lost with it), got ${url ?? 'none (the run directory)'}`);
   }
 }
 

@@ -84,3 +84,15 @@ export function byKindAndName(objects: readonly object[]): Map<string, object> {
   for (const o of objects as K8sObject[]) map.set(`${o.kind}/${o.metadata.name}`, JSON.parse(JSON.stringify(o)));
   return map;
 }
+
+/**
+ * Writes a cluster-ready config for a job called `name` (the cpu overlay's, renamed; `replace`
+ * edits the text further) and returns its path.
+ */
+export function writeClusterConfig(name: string, replace: [string | RegExp, string][] = []): string {
+  let text = readFileSync(path.join(K8S_DIR, 'overlays/cpu/config.yaml'), 'utf8').replace(/^name: parti$/m, `name: ${name}`);
+  for (const [from, to] of replace) text = text.replace(from, to);
+  const file = path.join(mkdtempSync(path.join(tmpdir(), 'parti-config-')), `${name}.yaml`);
+  writeFileSync(file, text);
+  return file;
+}
