@@ -136,3 +136,33 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
   await page.screenshot({ path: join('test-artifacts', 'dashboard-training-run-finished.png'), fullPage: true });
   assert.deepEqual(errors, []);
 });
+
+test('a coordinator dashboard on a taken port fails, or moves to a free port when told to', async () => {
+  const coordinator = new Coordinator({
+    jobId: 'port-test',
+    configHash: 'hash',
+    totalSteps: 5,
+    microBatch: 4,
+    plan: new StepPlan(new EpochPlan([{ samples: 16 }], { seed: 1, globalBatch: 4 })),
+    targetWorkers: 1,
+    minWorkers: 1,
+    heartbeatMs: 100,
+    failureTimeoutMs: 3000,
+    stepDeadlineMs: 5000,
+    zeroStage: 0,
+    checkpointEvery: 0,
+    checkpoints: null,
+    ledgerFile: null,
+  });
+  cleanups.push(() => coordinator.close());
+  const first = await startCoordinatorDashboard(coordinator, dashboardSchema.parse({ port: 0 }), { name: 'a' });
+  cleanups.push(() => first.close());
+  const taken = dashboardSchema.parse({ port: first.server.port });
+  await assert.rejects(startCoordinatorDashboard(coordinator, taken, { name: 'b' }), /dashboard\.port: cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/);
+  const second = await startCoordinatorDashboard(coordinator, taken, { name: 'b', onPortInUse: 'any-free-port' });
+  cleanups.push(() => second.close());
+  assert.notEqual(second.server.port, first.server.port);
+  assert.equal((await fetch(`${second.url}readyz`)).status, 200);
+  const job = jobSummarySchema.parse(await (await fetch(`${second.url}api/job`)).json());
+  assert.deepEqual([job.jobId, job.name, job.state, job.totalSteps], ['port-test', 'b', 'waiting', 5]);
+});

@@ -4,6 +4,8 @@ import { createTrainingMetrics, type TrainingMetrics } from '../observability/me
 import type { EventKind, JobState, StepRecord, WorkerInfo } from './api-schema.ts';
 import { createDashboardServer, dashboardServerOptions, type DashboardServer } from './dashboard-server.ts';
 import { RunStateStore } from './run-state.ts';
+import { PartiError } from '../errors.ts';
+import { log } from '../observability/log.ts';
 
 /** What the bridge reads off a Coordinator: its public fields and its subscribe(). */
 export type CoordinatorSource = Pick<Coordinator, 'opts' | 'phase' | 'step' | 'epoch' | 'ring' | 'members' | 'subscribe'>;
@@ -163,6 +165,12 @@ export interface CoordinatorDashboardInfo {
   /** Global batch size. */
   batchSize?: number;
   checkpointUri?: (step: number) => string;
+  /**
+   * When the configured port is taken: `fail` (default; a cluster's Service needs that port), or
+   * `any-free-port` (local runs and tests, where several coordinators share a machine): listen on
+   * a free port and log a warning with the URL.
+   */
+  onPortInUse?: 'fail' | 'any-free-port';
 }
 
 /**
@@ -193,7 +201,16 @@ export async function startCoordinatorDashboard(
     ...(info.stage ? { stage: info.stage } : {}),
     ...(info.batchSize !== undefined ? { batchSize: info.batchSize } : {}),
   });
-  const server = await createDashboardServer(dashboardServerOptions(config, { view: store, metrics }));
+  const serverOptions = dashboardServerOptions(config, { view: store, metrics });
+  let server: DashboardServer;
+  try {
+    server = await createDashboardServer(serverOptions);
+  } catch (err) {
+    const inUse = err instanceof PartiError && /\(EADDRINUSE\)/.test(err.message);
+    if (!inUse || info.onPortInUse !== 'any-free-port') throw err;
+    server = await createDashboardServer({ ...serverOptions, port: 0 });
+    log.warn({ port: config.port, url: server.url }, 'dashboard port in use; serving on a free port instead');
+  }
   const stop = bridgeCoordinator(coordinator, store, info.checkpointUri ? { checkpointUri: info.checkpointUri } : {});
   store.setReady(true);
   return {
