@@ -91,6 +91,8 @@ export class SyntheticSampleReader implements SampleReader {
     return { samples, skipped: [] };
   }
 
+  discardPrefetched(): void {}
+
   async close(): Promise<void> {}
 }
 

@@ -68,6 +68,11 @@ export interface SampleReader {
   /** The samples of these refs (waiting for prefetched work), bad ones skipped and counted. */
   read(refs: readonly SampleRef[]): Promise<ReadResult>;
   readonly stats: SampleReaderStats;
+  /**
+   * Forgets prefetched samples not read yet (call it when the plan changes under the worker, e.g. a
+   * new world size gives it other refs); they would otherwise wait until evicted.
+   */
+  discardPrefetched(): void;
   /** Drops caches; further reads fail. Does not close the store (its owner does). */
   close(): Promise<void>;
 }
@@ -88,7 +93,10 @@ export interface SampleReaderOptions {
   cacheShards?: number;
   /** Samples decoded at once (default 4). */
   decodeConcurrency?: number;
-  /** Decoded samples kept waiting for read() (default 8192); older prefetches are dropped past it. */
+  /**
+   * Decoded samples kept waiting for read() (default 4096); the oldest prefetches are dropped past
+   * it (and decoded again if read later). At 256x256 a decoded sample is 192 KiB.
+   */
   maxPrefetched?: number;
   /** Logger for bad samples (default: the process logger, child {component: 'data'}). */
   log?: Logger;
@@ -151,7 +159,7 @@ export class ShardSampleReader implements SampleReader {
     this.policy = options.policy ?? 'skip';
     this.readTimeoutMs = options.readTimeoutMs ?? 120_000;
     this.cacheShards = Math.max(1, options.cacheShards ?? 12);
-    this.maxPrefetched = Math.max(1, options.maxPrefetched ?? 8192);
+    this.maxPrefetched = Math.max(1, options.maxPrefetched ?? 4096);
     this.decodeLimit = new Semaphore(Math.max(1, options.decodeConcurrency ?? 4));
     this.log = options.log ?? rootLog.child({ component: 'data' });
   }
@@ -259,6 +267,10 @@ export class ShardSampleReader implements SampleReader {
     }
     this.stats.delivered += samples.length;
     return { samples, skipped };
+  }
+
+  discardPrefetched(): void {
+    this.pending.clear();
   }
 
   async close(): Promise<void> {
