@@ -154,6 +154,12 @@ test('404 answers: a missing namespace is named; unreachable clusters and bad co
   const onCreate = await rejection(applyJob({ configFile: CONFIG, image: IMAGE, workers: 2, kubeconfig, namespace: 'gone' }));
   assert.match(onCreate.message, /^namespace gone not found \(create configmap tiny-config-\w+ in namespace gone: namespaces "gone" not found \(HTTP 404\)\)$/);
 
+  fake.stall = true;
+  const hung = await rejection(applyJob({ configFile: CONFIG, image: IMAGE, workers: 2, kubeconfig, requestTimeoutMs: 300 }));
+  assert.equal(hung.code, 'deadline');
+  assert.equal(hung.message, `read namespace ml-team: no answer from the Kubernetes API at ${fake.url} in time`);
+  fake.stall = false;
+
   const url = fake.url;
   await fake.stop();
   const unreachable = await rejection(applyJob({ configFile: CONFIG, image: IMAGE, workers: 2, kubeconfig }));

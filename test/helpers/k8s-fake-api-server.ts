@@ -52,6 +52,8 @@ export class FakeKubernetesApi {
   readonly podLogs = new Map<string, string>();
   /** Verb+resource pairs answered with 403, e.g. `create jobs`, `get secrets`, `get namespaces`. */
   readonly forbidden = new Set<string>();
+  /** Accept requests but never answer them (an API server that hangs). */
+  stall = false;
   /** The user name in 403 messages. */
   user = 'system:serviceaccount:ci:tester';
   private server: Server | null = null;
@@ -145,6 +147,10 @@ export class FakeKubernetesApi {
       }
     }
     const method = req.method ?? 'GET';
+    if (this.stall) {
+      this.requests.push({ method, path: url.pathname, query: Object.fromEntries(url.searchParams), contentType: req.headers['content-type'], authorization: req.headers.authorization, body });
+      return;
+    }
     this.requests.push({
       method,
       path: url.pathname,
