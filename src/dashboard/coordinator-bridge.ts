@@ -18,7 +18,8 @@ export interface CoordinatorBridgeOptions {
   checkpointUri?: (step: number) => string;
 }
 
-function jobState(phase: CoordinatorSource['phase'], recovering: boolean): JobState {
+function jobState(phase: CoordinatorSource['phase'], recovering: boolean, stopping: boolean): JobState {
+  if (stopping && phase.kind !== 'done') return 'stopping';
   switch (phase.kind) {
     case 'waiting-for-workers':
       return 'waiting';
@@ -83,6 +84,8 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
   const known = new Map<string, { leaving: boolean }>();
   // A re-form after a failure or an abort is a recovery; the first one is the start.
   let troubled = false;
+  // Ctrl-C, SIGTERM or a stop command: the job checkpoints and ends at the next step boundary.
+  let stopping = false;
 
   function sync(): void {
     const ring = coordinator.ring;
@@ -108,7 +111,7 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
     }
     const phase = coordinator.phase;
     const job = store.job();
-    const state = jobState(phase, troubled);
+    const state = jobState(phase, troubled, stopping);
     const worldSize = ring.length;
     if (job.state !== state || job.worldSize !== worldSize || job.epoch !== coordinator.epoch) {
       store.setJob({ state, worldSize, epoch: coordinator.epoch });
@@ -124,6 +127,7 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
     }
     const ev = e.event;
     if (ev.kind === 'failure' || ev.kind === 'abort') troubled = true;
+    if (ev.kind === 'done' && /^stop requested/.test(ev.message)) stopping = true;
     sync(); // worker rows first, so a failure event finds the row already failed
     const kind = eventKinds[ev.kind];
     if (ev.kind === 'reform' && troubled && !/^rolling back/.test(ev.message)) {
