@@ -14,6 +14,7 @@ import { openShardSet } from '../src/data/shard-index.ts';
 import { ShardSampleReader } from '../src/data/sample-reader.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { shapesSample } from '../src/data/shapes.ts';
+import { writeShapesSet } from '../src/data/shapes-shards.ts';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '..');
@@ -105,11 +106,11 @@ test('parti data tokenize adds KEY.tokens equal to the tokenizer\'s encode', { t
     optimizer: { type: 'adamw', updates: 0, range: [0, params.length], slots: {} },
     extra: {},
   });
-  const synthOut = path.join(dir, 'tok-in');
-  const synth = await parti('data', 'synth', '--out', synthOut, '--samples', '20', '--shard-size', '8', '--held-out', '0', '--json');
-  assert.equal(synth.code, 0, synth.stderr);
+  const inStore = openStore(path.join(dir, 'tok-in'));
+  const { url: inUrl } = await writeShapesSet(inStore, { samples: 20, seed: 0, imageSize: 32, shardSize: 8, split: 'train' });
+  await inStore.close();
   const tokOut = path.join(dir, 'tok-out');
-  const tok = await parti('data', 'tokenize', '--tokenizer', ckpt, '--in', JSON.parse(synth.stdout).train, '--out', tokOut, '--config', 'configs/tiny.yaml', '--json');
+  const tok = await parti('data', 'tokenize', '--tokenizer', ckpt, '--in', inUrl, '--out', tokOut, '--config', 'configs/tiny.yaml', '--json');
   assert.equal(tok.code, 0, tok.stderr);
   const report = JSON.parse(tok.stdout);
   assert.equal(report.samples, 20);
