@@ -333,3 +333,28 @@ export async function createGrpcCollectiveNode(options: GrpcCollectiveNodeOption
   });
   return new CollectiveNode(transport, options);
 }
+
+/** Node options from the job's `collective` config section (src/config/collective-schema.ts). */
+export function grpcNodeOptionsFromConfig(
+  config: {
+    compress: 'none' | 'bf16' | 'fp16';
+    chunkKiB: number;
+    inflight: number;
+    streams: number;
+    deadlineMs: number;
+    maxMessageMiB: number;
+    flowControlWindowMiB: number;
+  },
+  where: { jobId: string; jobToken?: Uint8Array; listen?: string; advertise?: string },
+): GrpcCollectiveNodeOptions {
+  return {
+    ...where,
+    compress: config.compress,
+    chunkBytes: config.chunkKiB * 1024,
+    inflight: config.inflight,
+    streams: config.streams,
+    deadlineMs: config.deadlineMs,
+    maxMessageBytes: config.maxMessageMiB * 1024 * 1024,
+    flowControlWindow: config.flowControlWindowMiB * 1024 * 1024,
+  };
+}

@@ -3,6 +3,7 @@ import { modelSchema } from './model-schema.ts';
 import { trainingSchema } from './training-schema.ts';
 import { dataSchema } from './data-schema.ts';
 import { runtimeSchema } from './runtime-schema.ts';
+import { collectiveSchema } from './collective-schema.ts';
 import { dashboardSchema } from './dashboard-schema.ts';
 import { checkpointSchema } from './checkpoint-schema.ts';
 
@@ -17,6 +18,7 @@ export const configSchema = z.strictObject({
   data: dataSchema.prefault({}),
   training: trainingSchema,
   runtime: runtimeSchema.prefault({}),
+  collective: collectiveSchema.prefault({}),
   dashboard: dashboardSchema.prefault({}),
   checkpoint: checkpointSchema.prefault({}),
 });
