@@ -112,7 +112,9 @@ test('parti launch builds the same objects as the overlays, for their inputs and
   }
   // Another name, namespace, image, worker count and config, through a leaf overlay a user would write.
   for (const variant of ['cpu', 'gpu'] as const) {
-    const inputs = { variant, name: 'tiny', configFile: writeClusterConfig('tiny'), image: 'ghcr.io/acme/parti:2.0', workers: 5, namespace: 'ml-team' };
+    // Characters Go's JSON encoder escapes (<, >, &) or keeps (é, 🚀) in the text kustomize hashes.
+    const configFile = writeClusterConfig('tiny', [[/^# The job/m, '# <tiny> & friends: é 🚀\n# The job']]);
+    const inputs = { variant, name: 'tiny', configFile, image: 'ghcr.io/acme/parti:2.0', workers: 5, namespace: 'ml-team' };
     const expected = byKindAndName(renderKustomize(writeJobOverlay(inputs)));
     const built = buildJobObjects({
       name: 'tiny',
