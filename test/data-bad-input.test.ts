@@ -62,6 +62,10 @@ test('bad input: every kind is skipped, counted by reason and logged with shard 
       { name: 'tok.png', data: good }, { name: 'tok.txt', data: txt('x') }, { name: 'tok.tokens', data: Buffer.alloc(5) },
       { name: 'g1.jpg', data: good }, { name: 'g1.txt', data: txt('again') },
       { name: 'g2.png', data: good }, { name: 'g2.txt', data: txt('a blue square') }, { name: 'g2.tokens', data: encodeTokens([1, 2, 3, 4]) },
+      { name: 'g3.webp', data: await sharp(Buffer.alloc(32 * 32 * 3, 200), { raw: { width: 32, height: 32, channels: 3 } }).webp({ lossless: true }).toBuffer() },
+      { name: 'g3.txt', data: txt('a webp') },
+      { name: 'g4.jpeg', data: await sharp(Buffer.alloc(32 * 32 * 3, 100), { raw: { width: 32, height: 32, channels: 3 } }).jpeg().toBuffer() },
+      { name: 'g4.txt', data: txt('a jpeg') },
     ]);
     const shards: Record<string, Buffer> = {
       'set-000000.tar': shard0,
@@ -69,7 +73,7 @@ test('bad input: every kind is skipped, counted by reason and logged with shard 
       'set-000003.tar': tarArchive([{ name: 'a.png', data: good }, { name: 'a.txt', data: txt('x') }, { name: 'b.png', data: good }, { name: 'b.txt', data: txt('y') }]).subarray(0, 512 * 3 + 200),
     };
     for (const [name, data] of Object.entries(shards)) await writeFile(path.join(dir, name), data);
-    const counts = [13, 3, 4, 2, 2, 2];
+    const counts = [15, 3, 4, 2, 2, 2];
     const index: ShardIndex = {
       format: 'parti-shards',
       version: 1,
@@ -86,7 +90,9 @@ test('bad input: every kind is skipped, counted by reason and logged with shard 
     const refs = counts.flatMap((n, shard) => Array.from({ length: n }, (_, ordinal) => ({ epoch: 0, shard, ordinal })));
     reader.prefetch(refs.slice(0, 10));
     const { samples, skipped } = await reader.read(refs);
-    assert.deepEqual(samples.map((s) => [s.key, s.caption]), [['g1', 'a red circle'], ['g2', 'a blue square'], ['a', 'x']]);
+    assert.deepEqual(samples.map((s) => [s.key, s.caption]), [['g1', 'a red circle'], ['g2', 'a blue square'], ['g3', 'a webp'], ['g4', 'a jpeg'], ['a', 'x']]);
+    assert.equal(samples[2]!.image[0], 200);
+    assert.ok(Math.abs(samples[3]!.image[0]! - 100) <= 2);
     assert.deepEqual([...samples[1]!.tokens!], [1, 2, 3, 4]);
     const byReason = Object.fromEntries(Object.entries(reader.stats.bad).filter(([, n]) => n > 0));
     assert.deepEqual(byReason, {
@@ -100,7 +106,7 @@ test('bad input: every kind is skipped, counted by reason and logged with shard 
       'bad-metadata': 1,
       'bad-tokens': 1,
       'duplicate-key': 1,
-      'missing-sample': 1, // shard 0's index says 13, it holds 12 keys
+      'missing-sample': 1, // shard 0's index says 15, it holds 14 keys
       'shard-not-found': 3,
       'not-a-tar': 4,
       'truncated-tar': 1, // the cut fell before b
@@ -108,7 +114,7 @@ test('bad input: every kind is skipped, counted by reason and logged with shard 
       'shard-denied': 2,
     });
     assert.equal(samples.length + skipped.length, refs.length);
-    assert.equal(reader.stats.delivered, 3);
+    assert.equal(reader.stats.delivered, 5);
     // Logged with shard and key; a broken shard once, not once per sample.
     const logged = lines.map((l) => [l.shard, l.key, l.reason]);
     assert.ok(logged.some(([s, k, r]) => String(s).endsWith('/set-000000.tar') && k === 'junk' && r === 'undecodable-image'));
@@ -126,8 +132,8 @@ test('bad input: every kind is skipped, counted by reason and logged with shard 
     // inspect counts the same way.
     const report = await inspectShards(`${pathToFileURL(dir).href}/set-{000000..000003}.tar`, { imageSize: 32, maxCaptionBytes: 200, log: logger });
     assert.equal(report.shards, 4);
-    assert.equal(report.samples, 22);
-    assert.equal(report.good, 3);
+    assert.equal(report.samples, 24);
+    assert.equal(report.good, 5);
     assert.equal(report.bad['not-a-tar'], 4);
     assert.equal(report.bad['shard-not-found'], 3);
     await fileStore.close();
