@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseTar, tarArchive } from './tar-format.ts';
+import { parseTar, tarArchive, tarEnd, tarEntry } from './tar-format.ts';
 
 test('tar: what we write, we and GNU tar read back', () => {
   const files = [
@@ -49,4 +49,32 @@ test('tar: a corrupt header is skipped and parsing resumes at the next entry; tr
   assert.equal(parseTar(Buffer.from('not a tar at all')).notATar, true);
   assert.equal(parseTar(Buffer.alloc(0)).notATar, true);
   assert.equal(parseTar(Buffer.alloc(4096, 0x41)).notATar, true);
+});
+
+test('tar: pax extended headers (as Python tarfile writes them) name the next entry', () => {
+  const withType = (entry: Buffer, type: string) => {
+    entry.write(type, 156, 'latin1');
+    entry.write('        ', 148, 'latin1');
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += entry[i]!;
+    entry.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
+    return entry;
+  };
+  const long = `dir/${'x'.repeat(120)}.txt`;
+  const record = (k: string, v: string) => {
+    const body = ` ${k}=${v}\n`;
+    let len = body.length + 2;
+    if (String(len).length + body.length !== len) len = String(len + 1).length + body.length;
+    return `${len}${body}`;
+  };
+  const pax = Buffer.from(record('mtime', '1795753143.42') + record('path', long));
+  const tar = Buffer.concat([
+    withType(tarEntry('PaxHeader/x', pax), 'x'),
+    tarEntry('truncated-name.txt', Buffer.from('long')),
+    tarEntry('k2.txt', Buffer.from('short')),
+    tarEnd(),
+  ]);
+  const parsed = parseTar(tar);
+  assert.deepEqual(parsed.problems, []);
+  assert.deepEqual(parsed.entries.map((e) => [e.name, e.data.toString()]), [[long, 'long'], ['k2.txt', 'short']]);
 });

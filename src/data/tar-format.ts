@@ -123,10 +123,27 @@ function readHeader(buf: Buffer, at: number): Header | null {
   return { name: prefix ? `${prefix}/${name}` : name, size, type: buf[at + 156]! };
 }
 
+/** The `path` record of a pax extended header (`LEN key=value\n` records), or null. */
+function paxPath(data: Buffer): string | null {
+  let pos = 0;
+  let path: string | null = null;
+  while (pos < data.length) {
+    const space = data.indexOf(0x20, pos);
+    if (space < 0) break;
+    const len = Number(data.toString('latin1', pos, space));
+    if (!Number.isInteger(len) || len <= space - pos || pos + len > data.length) break;
+    const record = data.toString('utf8', space + 1, pos + len - 1);
+    const eq = record.indexOf('=');
+    if (eq > 0 && record.slice(0, eq) === 'path') path = record.slice(eq + 1);
+    pos += len;
+  }
+  return path;
+}
+
 /**
  * Parses a whole archive. Never throws: what it cannot read is reported in `problems`. Regular
  * files become entries; directories, links, pax and GNU metadata entries are skipped (a GNU long
- * name, type 'L', is applied to the next entry).
+ * name, type 'L', or a pax `path`, type 'x', is applied to the next entry).
  */
 export function parseTar(buf: Buffer): ParsedTar {
   const entries: TarEntry[] = [];
@@ -168,6 +185,10 @@ export function parseTar(buf: Buffer): ParsedTar {
     const type = String.fromCharCode(header.type);
     if (type === 'L') {
       longName = data.toString('utf8').replace(/\0+$/, '');
+    } else if (type === 'x') {
+      // A pax extended header (Python's tarfile writes one per file for float mtimes): only its
+      // `path` matters here.
+      longName = paxPath(data);
     } else if (type === '0' || header.type === 0 || type === '7') {
       entries.push({ name: longName ?? header.name, data, headerOffset: pos });
       longName = null;
