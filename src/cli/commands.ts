@@ -6,8 +6,9 @@ import { register as registerData } from './data.ts';
 import { register as registerLaunch } from './launch.ts';
 import { register as registerCoordinator } from './coordinator.ts';
 import { register as registerWorker } from './worker.ts';
+import { register as registerGenerate } from './generate.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker];
+export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate];
