@@ -136,7 +136,8 @@ test('the page shows the worker table and charts that update live (SSE)', { time
   assert.match((await rows.nth(1).textContent()) ?? '', /worker-c91e.*127\.0\.0\.1:41877.*training/);
   await page.waitForFunction(() => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === '120', null, { timeout: 20_000 });
   assert.equal(await page.locator('#chart-loss canvas').count(), 1);
-  assert.equal(await page.locator('#live').getAttribute('data-state'), 'live');
+  // The stream is open (the server has subscribed) before the test pushes more steps.
+  await page.waitForFunction(() => document.querySelector('#live')?.getAttribute('data-state') === 'live', null, { timeout: 20_000 });
 
   // Live: steps pushed into the store reach the charts and the summary without a reload.
   for (let s = 121; s <= 150; s++) {
@@ -181,10 +182,40 @@ test('a long history is downsampled: the page draws at most 2x the point budget'
   await page.goto(server.url, { timeout: 20_000 });
   await page.waitForFunction(() => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === '20000', null, { timeout: 20_000 });
   assert.equal(Number(await page.locator('#chart-loss').getAttribute('data-points')), 300);
+  await page.waitForFunction(() => document.querySelector('#live')?.getAttribute('data-state') === 'live', null, { timeout: 20_000 });
   // Live steps past twice the budget make the page fetch a fresh downsampled history.
   for (let s = 20_001; s <= 20_400; s++) store.recordStep(step(s, 1));
   await page.waitForFunction(() => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === '20400', null, { timeout: 20_000 });
   await page.waitForFunction(() => Number(document.querySelector('#chart-loss')?.getAttribute('data-points')) <= 600, null, { timeout: 20_000 });
+  await page.close();
+});
+
+test('steps that arrive while the page loads its history are neither lost nor drawn twice', { timeout: 60_000 }, async () => {
+  const store = new RunStateStore({ jobId: 'gap', name: 'gap', totalSteps: 500, targetWorkers: 2 });
+  feedRun(store, 120);
+  const server = await createDashboardServer({ view: store });
+  servers.push(server);
+  const page = await context.newPage();
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let answered!: () => void;
+  const historyAnswered = new Promise<void>((r) => (answered = r));
+  await page.route('**/api/history*', async (route) => {
+    // The server answers now (history up to step 120); the page gets it only later.
+    const response = await route.fetch();
+    answered();
+    await released;
+    await route.fulfill({ response });
+  });
+  await page.goto(server.url, { timeout: 20_000 });
+  await historyAnswered;
+  await page.waitForFunction(() => document.querySelector('#live')?.getAttribute('data-state') === 'live', null, { timeout: 20_000 });
+  for (let s = 121; s <= 130; s++) store.recordStep(step(s));
+  release();
+  await page.waitForFunction(() => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === '130', null, { timeout: 20_000 });
+  assert.equal(Number(await page.locator('#chart-loss').getAttribute('data-points')), 130);
+  assert.equal(Number(await page.locator('#chart-lr').getAttribute('data-points')), 130);
+  await page.unrouteAll({ behavior: 'ignoreErrors' });
   await page.close();
 });
 

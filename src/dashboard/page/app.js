@@ -232,49 +232,83 @@ function setLive(s, text) {
   $('live-text').textContent = text;
 }
 
-function connect() {
-  const source = new EventSource('api/stream');
-  let lost = false;
-  source.addEventListener('open', () => {
-    setLive('live', 'live');
-    // After a reconnect the stream does not replay what was missed: load everything again.
-    if (lost) loadAll().catch((err) => console.warn(err));
-    lost = false;
-  });
-  source.addEventListener('error', () => {
-    lost = true;
-    setLive('lost', 'reconnecting');
-  });
-  const on = (type, fn) => source.addEventListener(type, (m) => fn(JSON.parse(m.data)));
-  on('job', (u) => {
+// What each live update does to the page. Updates that arrive while the overview and history
+// load are queued and applied after, so nothing between the load and the stream is lost; replays
+// skip what the load already had (steps up to the chart's last, events up to the last seq).
+const apply = {
+  job(u) {
     state.job = u.job;
     renderJob();
-  });
-  on('step', (u) => {
-    for (const [chart, series] of Object.entries(chartSeries)) charts[chart].push(u.step.step, u.step[series]);
+  },
+  step(u, replay) {
+    for (const [chart, series] of Object.entries(chartSeries)) {
+      if (replay && u.step.step <= charts[chart].lastStep()) continue;
+      charts[chart].push(u.step.step, u.step[series]);
+    }
     // A run that reports no tokens: switch the throughput chart to samples/s.
     if (chartSeries.throughput === 'tokensPerSec' && !(u.step.tokensPerSec > 0) && u.step.samplesPerSec > 0) historyStale();
-  });
-  on('worker', (u) => {
+  },
+  worker(u) {
     state.workers.set(u.worker.id, u.worker);
     renderWorkers();
-  });
-  on('event', (u) => {
+  },
+  event(u) {
+    if (u.event.seq <= (state.events.at(-1)?.seq ?? 0)) return;
     addEvent(u.event);
     if (u.event.kind === 'skipped-sample' && u.event.detail?.reason) {
       const r = u.event.detail.reason;
       state.skipped.samples[r] = (state.skipped.samples[r] ?? 0) + 1;
       renderSkipped();
     }
-  });
-  on('checkpoint', (u) => {
+  },
+  checkpoint(u) {
     state.checkpoints.set(u.checkpoint.step, u.checkpoint);
     renderCheckpoints();
-  });
-  on('gallery', (u) => {
+  },
+  gallery(u) {
+    if (state.gallery.some((g) => g.id === u.item.id)) return;
     state.gallery.push(u.item);
+    if (state.gallery.length > 200) state.gallery.shift();
     renderGallery();
+  },
+};
+
+let loading = true;
+let queue = [];
+
+async function resync() {
+  loading = true;
+  queue = [];
+  try {
+    await loadAll();
+  } finally {
+    const pending = queue;
+    queue = [];
+    loading = false;
+    for (const [type, u] of pending) apply[type](u, true);
+  }
+}
+
+function connect() {
+  const source = new EventSource('api/stream');
+  let lost = false;
+  source.addEventListener('open', () => {
+    setLive('live', 'live');
+    // After a reconnect the stream does not replay what was missed: load everything again.
+    if (lost) resync().catch((err) => console.warn(err));
+    lost = false;
   });
+  source.addEventListener('error', () => {
+    lost = true;
+    setLive('lost', 'reconnecting');
+  });
+  for (const type of Object.keys(apply)) {
+    source.addEventListener(type, (m) => {
+      const u = JSON.parse(m.data);
+      if (loading) queue.push([type, u]);
+      else apply[type](u, false);
+    });
+  }
 }
 
 for (const [chart, series] of Object.entries(chartSeries)) charts[chart] = new LiveChart($(`chart-${chart}`), series, historyStale);
@@ -283,9 +317,9 @@ setInterval(() => {
   renderWorkers();
   renderJob();
 }, 1000);
-loadAll()
-  .then(connect)
-  .catch((err) => {
-    setLive('lost', 'failed to load');
-    console.error(err);
-  });
+// Subscribe first, then load: updates in between wait in the queue.
+connect();
+resync().catch((err) => {
+  setLive('lost', 'failed to load');
+  console.error(err);
+});

@@ -52,6 +52,11 @@ export class LiveChart {
     this.draw();
   }
 
+  /** The last step drawn (0 when none). */
+  lastStep() {
+    return this.xs.at(-1) ?? 0;
+  }
+
   /** Appends one live step. */
   push(step, value) {
     if (value === undefined || value === null || !Number.isFinite(value)) return;
