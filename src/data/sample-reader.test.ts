@@ -79,3 +79,42 @@ test('synthetic dataset: the same samples as the generator, planned like shards'
   const h = await held.createReader().read([{ epoch: 0, shard: 0, ordinal: 3 }]);
   assert.equal(h.samples[0]!.key, 'heldout-000000003');
 });
+
+test('reader: prefetch fetches before read is called; each shard is fetched once, whole, per epoch', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'parti-data-'));
+  const inner = openStore(pathToFileURL(dir).href, { file: { fsync: false } });
+  try {
+    const { url } = await writeShapesSet(inner, { samples: 60, seed: 1, imageSize: 32, shardSize: 10, split: 'train' });
+    const gets: string[] = [];
+    let announce: (() => void) | null = null;
+    // The real store, recording which objects are fetched and how (full object or a range).
+    const store = Object.create(inner) as typeof inner;
+    store.get = async (key, o) => {
+      gets.push(`${key}${o?.start !== undefined || o?.end !== undefined ? ' (range)' : ''}`);
+      announce?.();
+      return inner.get(key, o);
+    };
+    const set = await openShardSet(url, { store });
+    gets.length = 0; // the index
+    const plan = new EpochPlan(set.shards, { seed: 2, globalBatch: 12, windowShards: 3 });
+    const reader = new ShardSampleReader(set, { imageSize: 32, cacheShards: 4 });
+    const fetched = new Promise<void>((resolve, reject) => {
+      announce = resolve;
+      setTimeout(() => reject(new Error('prefetch did not fetch within 10 s')), 10_000).unref();
+    });
+    reader.prefetch(plan.batchAt(EpochPlan.start()));
+    await fetched; // read() has not been called yet
+    let cursor = EpochPlan.start();
+    for (let s = 0; s < 5; s++) {
+      if (s < 4) reader.prefetch(plan.batchAt(plan.advance(cursor))); // stay within epoch 0
+      assert.equal((await reader.read(plan.batchAt(cursor))).samples.length, 12);
+      cursor = plan.advance(cursor);
+    }
+    assert.equal(gets.length, 6, gets.join(', '));
+    assert.equal(new Set(gets).size, 6);
+    assert.ok(gets.every((g) => !g.includes('range')));
+  } finally {
+    await inner.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
