@@ -7,14 +7,15 @@ const ALL = { temperature: 1, topK: 0, topP: 1 };
 test('samplerUniform is a pure function of (seed, prompt, sample, token) in [0, 1)', () => {
   assert.equal(samplerUniform(7, 1, 2, 3), samplerUniform(7, 1, 2, 3));
   const seen = new Set<number>();
-  for (const args of [
+  const keys: [number, number, number, number][] = [
     [7, 1, 2, 3],
     [8, 1, 2, 3],
     [7, 2, 2, 3],
     [7, 1, 3, 3],
     [7, 1, 2, 4],
-  ] as const) {
-    const u = samplerUniform(...args);
+  ];
+  for (const [a, b, c, d] of keys) {
+    const u = samplerUniform(a, b, c, d);
     assert.ok(u >= 0 && u < 1);
     seen.add(u);
   }
