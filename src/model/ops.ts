@@ -53,13 +53,21 @@ const batchMatmulNN = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradS
   };
 }) as Grad2 as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 
+/**
+ * Forward matmul FLOPs (2*M*K*N per product) issued through `matmul`/`batchMatmul` since the last
+ * reset; a training step costs about 3x the forward count. Read by bench/.
+ */
+export const matmulFlops = { forward: 0 };
+
 /** a [M, K] x b [K, N] -> [M, N], with a gradient that stays on fast kernels. */
 export function matmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
+  matmulFlops.forward += 2 * a.shape[0]! * a.shape[1]! * b.shape[1]!;
   return (onWasm() ? matmulNN(a, b) : tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D)) as tf.Tensor2D;
 }
 
 /** a [N, M, K] x b [N, K, P] -> [N, M, P] (no broadcasting), gradient on fast kernels. */
 export function batchMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor3D {
+  matmulFlops.forward += 2 * a.shape[0]! * a.shape[1]! * a.shape[2]! * b.shape[2]!;
   return (onWasm() ? batchMatmulNN(a, b) : tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D)) as tf.Tensor3D;
 }
 
