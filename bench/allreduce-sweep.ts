@@ -14,12 +14,15 @@ const configs = (process.env.SWEEP ?? 's1c1024i4 s2c1024i4 s2c4096i4 s4c1024i8 s
     return { streams: Number(m[1]), chunkKiB: Number(m[2]), inflight: Number(m[3]) };
   });
 const results = new Map<string, number[]>();
+const cpus = new Map<string, number[]>();
 const tcp: number[] = [];
+const extra = process.env.PARTI_RANK_NODE_ARGS ?? '';
 for (let r = 0; r < rounds; r++) {
   for (const c of configs) {
     await benchAllReduce({ world, mibs: [mib], compress: 'none', repeat: 5, warmup: 1, tcpMiB: 0, ...c }, (row: AllReduceBenchRow) => {
       const key = `s${c.streams}c${c.chunkKiB}i${c.inflight}`;
       results.set(key, [...(results.get(key) ?? []), row.busbw_GBps]);
+      cpus.set(key, [...(cpus.get(key) ?? []), row.cpu_s_per_rank]);
       console.log(JSON.stringify({ round: r, ...row }));
     });
   }
@@ -28,6 +31,8 @@ for (let r = 0; r < rounds; r++) {
   console.log(JSON.stringify({ round: r, bench: 'loopback-tcp', ...t }));
 }
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-for (const [k, v] of results) console.log(`${k} busbw median ${med(v).toFixed(3)} GB/s  runs ${v.map((x) => x.toFixed(3)).join(' ')}`);
+for (const [k, v] of results) {
+  console.log(`${k} ${extra} busbw median ${med(v).toFixed(3)} GB/s  cpu/rank median ${(med(cpus.get(k)!) * 1000).toFixed(0)} ms  runs ${v.map((x) => x.toFixed(3)).join(' ')}`);
+}
 console.log(`loopback tcp median ${med(tcp).toFixed(3)} GB/s  runs ${tcp.map((x) => x.toFixed(3)).join(' ')}`);
 process.exit(0);

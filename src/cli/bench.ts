@@ -44,7 +44,7 @@ export function register(program: Command): void {
         else {
           process.stdout.write(
             `allreduce world=${row.world} size=${row.mib}MiB compress=${row.compress} median=${(row.median_s * 1000).toFixed(1)}ms ` +
-              `algbw=${row.algbw_GBps.toFixed(3)}GB/s busbw=${row.busbw_GBps.toFixed(3)}GB/s (streams=${row.streams} chunk=${row.chunk_kib}KiB inflight=${row.inflight})\n`,
+              `algbw=${row.algbw_GBps.toFixed(3)}GB/s busbw=${row.busbw_GBps.toFixed(3)}GB/s cpu/rank=${(row.cpu_s_per_rank * 1000).toFixed(0)}ms (streams=${row.streams} chunk=${row.chunk_kib}KiB inflight=${row.inflight})\n`,
           );
         }
       };

@@ -30,6 +30,8 @@ export interface AllReduceBenchRow {
   median_s: number;
   algbw_GBps: number;
   busbw_GBps: number;
+  /** CPU seconds (user+system) per iteration and rank, median: the cost, whatever the load. */
+  cpu_s_per_rank: number;
   streams: number;
   chunk_kib: number;
   inflight: number;
@@ -69,10 +71,11 @@ export async function benchAllReduce(o: AllReduceBenchOptions, onRow: (row: AllR
       if (failed) throw new PartiError('internal', `bench all-reduce of ${mib} MiB failed: ${String(failed.code)}: ${String(failed.message)}`);
       const times = (done[0]!.times as number[]).slice(o.warmup).map((_, it) => Math.max(...done.map((d) => (d.times as number[])[o.warmup + it]!)));
       const t = median(times);
+      const cpu = median(done.flatMap((d) => (d.cpu as number[]).slice(o.warmup)));
       const algbw = (length * 4) / t / 1e9;
       onRow({
         world: o.world, mib, compress: o.compress, median_s: t, algbw_GBps: algbw, busbw_GBps: (algbw * 2 * (o.world - 1)) / o.world,
-        streams: o.streams, chunk_kib: o.chunkKiB, inflight: o.inflight,
+        cpu_s_per_rank: cpu, streams: o.streams, chunk_kib: o.chunkKiB, inflight: o.inflight,
       });
     }
   } finally {

@@ -74,6 +74,12 @@ class FieldWriter {
     }
     return this;
   }
+  /** A length-delimited field's tag and length only: its `length` bytes follow the message. */
+  prefix(field: number, length: number): this {
+    this.parts.push([field, -length - 1]);
+    this.size += varintLength((field << 3) | 2) + varintLength(length);
+    return this;
+  }
   string(field: number, v: string): this {
     return v.length === 0 ? this : this.bytes(field, Buffer.from(v, 'utf8'));
   }
@@ -81,7 +87,10 @@ class FieldWriter {
     const out = Buffer.allocUnsafe(this.size);
     let pos = 0;
     for (const [field, v] of this.parts) {
-      if (typeof v === 'number') {
+      if (typeof v === 'number' && v < 0) {
+        pos = writeVarint(out, pos, (field << 3) | 2);
+        pos = writeVarint(out, pos, -v - 1);
+      } else if (typeof v === 'number') {
         pos = writeVarint(out, pos, field << 3);
         pos = writeVarint(out, pos, v);
       } else {
@@ -129,16 +138,53 @@ const utf8 = new TextDecoder();
 const PAD = new Uint8Array(8);
 
 /**
- * Encodes a frame; the payload is copied once, into the result. A `pad` field (14) places the
- * payload at an offset that is a multiple of 8 counting grpc-js's 5-byte message prefix: grpc-js
- * hands large received messages over in a fresh buffer at that prefix, so the receiver can read
- * the floats in place instead of copying them to an aligned buffer.
+ * A frame ready for the wire, in two parts: the header fields (with the payload's tag and length
+ * at its end) and the payload itself, not yet copied. `byteLength` and `copy()` are the part of
+ * the Buffer interface grpc-js's serializeMessage uses: it copies the message once into its own
+ * length-prefixed buffer, so handing it this object instead of a Buffer saves a copy of every
+ * payload. The payload must stay unchanged until the write's callback (GrpcTransport waits so).
  */
-export function encodeFrame(f: Frame): Buffer {
+export class EncodedFrame {
+  constructor(
+    readonly header: Buffer,
+    readonly payload: Uint8Array,
+  ) {}
+  get byteLength(): number {
+    return this.header.byteLength + this.payload.byteLength;
+  }
+  get length(): number {
+    return this.byteLength;
+  }
+  copy(target: Uint8Array, targetStart = 0): number {
+    target.set(this.header, targetStart);
+    target.set(this.payload, targetStart + this.header.byteLength);
+    return this.byteLength;
+  }
+  toBuffer(): Buffer {
+    const out = Buffer.allocUnsafe(this.byteLength);
+    this.copy(out);
+    return out;
+  }
+}
+
+/**
+ * Encodes a frame. A `pad` field (14) places the payload at an offset that is a multiple of 8
+ * counting grpc-js's 5-byte message prefix: grpc-js hands large received messages over in a fresh
+ * buffer after that prefix, so the receiver reads the floats in place instead of copying them.
+ */
+export function encodeFrameParts(f: Frame): EncodedFrame {
   const header = frameHeader(f);
-  const payloadPrefix = f.payload.byteLength === 0 ? 0 : 1 + varintLength(f.payload.byteLength);
+  const n = f.payload.byteLength;
+  const payloadPrefix = n === 0 ? 0 : 1 + varintLength(n);
   const before = 5 + header.size + 2 + payloadPrefix; // 2: the pad field's tag and length
-  return header.bytes(14, PAD.subarray(0, (8 - (before % 8)) % 8), true).bytes(15, f.payload).finish();
+  header.bytes(14, PAD.subarray(0, (8 - (before % 8)) % 8), true);
+  if (n !== 0) header.prefix(15, n);
+  return new EncodedFrame(header.finish(), f.payload);
+}
+
+/** The frame as one Buffer (the payload copied into it). */
+export function encodeFrame(f: Frame): Buffer {
+  return encodeFrameParts(f).toBuffer();
 }
 
 function frameHeader(f: Frame): FieldWriter {

@@ -5,7 +5,8 @@ import { CollectiveNode, type CollectiveNodeOptions } from './collective-node.ts
 import {
   decodeFrame,
   decodeSubscribeRequest,
-  encodeFrame,
+  encodeFrameParts,
+  type EncodedFrame,
   encodeSubscribeRequest,
   sameToken,
   type Frame,
@@ -28,7 +29,8 @@ const serviceDefinition: grpc.ServiceDefinition = {
     responseStream: true,
     requestSerialize: (r: SubscribeRequest) => encodeSubscribeRequest(r),
     requestDeserialize: (b: Buffer) => decodeSubscribeRequest(b),
-    responseSerialize: (b: Buffer) => b,
+    // An EncodedFrame, not a Buffer: see EncodedFrame for why and what grpc-js does with it.
+    responseSerialize: (f: EncodedFrame) => f as unknown as Buffer,
     responseDeserialize: (b: Buffer) => decodeFrame(b),
     originalName: 'subscribe',
   },
@@ -55,7 +57,7 @@ interface LiveSession {
   handlers: TransportHandlers;
   closed: boolean;
   /** Outgoing streams per peer rank (server side of that peer's subscriptions), by stream index. */
-  links: Map<number, grpc.ServerWritableStream<SubscribeRequest, Buffer>[]>;
+  links: Map<number, grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>[]>;
   linkWaiters: Map<number, { resolve(): void; reject(e: PartiError): void }[]>;
   subscriptions: grpc.ClientReadableStream<Frame>[];
   broken: Set<number>;
@@ -92,7 +94,7 @@ export class GrpcTransport implements CollectiveTransport {
   private readonly clients = new Map<string, grpc.Client>();
   private session: LiveSession | null = null;
   /** Subscriptions of an epoch newer than ours: a peer configured before us. */
-  private parked: { req: SubscribeRequest; call: grpc.ServerWritableStream<SubscribeRequest, Buffer> }[] = [];
+  private parked: { req: SubscribeRequest; call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame> }[] = [];
   private closed = false;
   private boundAddress = '';
   private readonly streams: number;
@@ -108,7 +110,7 @@ export class GrpcTransport implements CollectiveTransport {
     if (!Number.isInteger(this.streams) || this.streams < 1 || this.streams > 16) {
       throw new PartiError('usage', `grpc transport: streams must be in 1..16, got ${this.streams}`);
     }
-    this.server.addService(serviceDefinition, { Subscribe: (call: grpc.ServerWritableStream<SubscribeRequest, Buffer>) => this.onSubscribe(call) });
+    this.server.addService(serviceDefinition, { Subscribe: (call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>) => this.onSubscribe(call) });
   }
 
   /** Starts the server; resolves once it listens. */
@@ -147,12 +149,12 @@ export class GrpcTransport implements CollectiveTransport {
     return c;
   }
 
-  private refuse(call: grpc.ServerWritableStream<SubscribeRequest, Buffer>, code: grpc.status, details: string): void {
+  private refuse(call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>, code: grpc.status, details: string): void {
     trace('refused subscription', { details });
     call.emit('error', grpcError(code, details));
   }
 
-  private onSubscribe(call: grpc.ServerWritableStream<SubscribeRequest, Buffer>): void {
+  private onSubscribe(call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>): void {
     const req = call.request;
     if (this.closed) return this.refuse(call, grpc.status.UNAVAILABLE, `${this.address} is closed`);
     if (req.jobId !== this.options.jobId || !sameToken(req.jobToken, this.jobToken)) {
@@ -170,7 +172,7 @@ export class GrpcTransport implements CollectiveTransport {
     this.attach(s, req, call);
   }
 
-  private attach(s: LiveSession, req: SubscribeRequest, call: grpc.ServerWritableStream<SubscribeRequest, Buffer>): void {
+  private attach(s: LiveSession, req: SubscribeRequest, call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>): void {
     if (s.closed) return this.refuse(call, grpc.status.UNAVAILABLE, `epoch ${s.m.epoch} of ${this.address} has ended`);
     if (req.rank >= s.m.peers.length || req.rank === s.m.rank || req.stream >= this.streams) {
       return this.refuse(call, grpc.status.FAILED_PRECONDITION, `rank ${req.rank} stream ${req.stream} is not a peer stream of epoch ${s.m.epoch}`);
@@ -251,17 +253,21 @@ export class GrpcTransport implements CollectiveTransport {
     const i = s.roundRobin.get(to) ?? 0;
     s.roundRobin.set(to, (i + 1) % this.streams);
     const call = links[i]!;
-    // encodeFrame copies the payload once; after write() returns, the caller may reuse it.
-    if (call.write(encodeFrame(frame))) return;
+    // Resolve only once grpc-js has serialized the frame (the write callback): until then it holds
+    // a view of the caller's payload, and the caller may reuse that memory as soon as we resolve.
     await new Promise<void>((resolve, reject) => {
-      const done = (): void => {
-        call.off('drain', done);
-        resolve();
+      let settled = false;
+      const onClose = (): void => {
+        if (!settled) reject(closedErr());
+        settled = true;
       };
-      call.on('drain', done);
-      s.onClose.push(() => {
-        call.off('drain', done);
-        reject(closedErr());
+      s.onClose.push(onClose);
+      call.write(encodeFrameParts(frame), (err?: Error | null) => {
+        if (settled) return;
+        settled = true;
+        s.onClose.splice(s.onClose.indexOf(onClose), 1);
+        if (err) reject(new PartiError('collective-aborted', `write to rank ${to} failed: ${err.message}`));
+        else resolve();
       });
     });
   }

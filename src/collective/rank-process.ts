@@ -46,12 +46,17 @@ send({ event: 'listening', address: node.address, pid: process.pid });
 async function allReduce(c: AllReduceCommand): Promise<void> {
   const input = seededInput(c.length, c.seed, rank);
   const times: number[] = [];
+  /** CPU seconds (user + system) of each iteration: a cost measure that the machine's load does not inflate. */
+  const cpu: number[] = [];
   let result: Float32Array = new Float32Array(0);
   try {
     for (let i = 0; i < c.repeat; i++) {
       const t0 = performance.now();
+      const c0 = process.cpuUsage();
       result = await node.allReduce(input, { op: c.op, compress: c.compress, deadlineMs: c.deadlineMs, inPlace: c.inPlace });
       times.push((performance.now() - t0) / 1000);
+      const c1 = process.cpuUsage(c0);
+      cpu.push((c1.user + c1.system) / 1e6);
       if (i === 0) send({ event: 'started', id: c.id });
     }
     const sha256 = createHash('sha256').update(new Uint8Array(result.buffer, result.byteOffset, result.byteLength)).digest('hex');
@@ -60,7 +65,7 @@ async function allReduce(c: AllReduceCommand): Promise<void> {
       const inputs = Array.from({ length: world }, (_, r) => seededInput(c.length, c.seed, r));
       maxErr = maxAbsError(result, float64Reference(inputs, c.op));
     }
-    send({ event: 'done', id: c.id, ok: true, sha256, maxErr, times, length: result.length });
+    send({ event: 'done', id: c.id, ok: true, sha256, maxErr, times, cpu, length: result.length });
   } catch (err) {
     const e = PartiError.from(err);
     send({ event: 'done', id: c.id, ok: false, code: e.code, message: e.message, times });
