@@ -43,3 +43,17 @@ test('tracers are off without PARTI_TRACE and all on with *', () => {
   assert.equal(run(snippet, {}).length, 2);
   assert.equal(run(snippet, { PARTI_TRACE: '*' }).length, 4);
 });
+
+test('PARTI_LOG_FORMAT=pretty writes one readable line per entry: who, where, message, the rest', () => {
+  const out = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', snippet], {
+    env: { ...process.env, PARTI_LOG_FORMAT: 'pretty', PARTI_TRACE: 'ring' },
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  assert.equal(out.status, 0, out.stderr);
+  const lines = out.stderr.trim().split('\n');
+  assert.equal(lines.length, 3, out.stderr);
+  assert.match(lines[0]!, /^\[\d\d:\d\d:\d\d\] INFO: worker 1 step 42 step done \{"job":"tiny-1","loss":1\.5\}$/);
+  assert.match(lines[1]!, /INFO: worker 1 \[ring\] chunk sent \{"job":"tiny-1","bytes":10\}$/);
+  assert.match(lines[2]!, /INFO: worker 1 plain \{"job":"tiny-1"\}$/);
+});

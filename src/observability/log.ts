@@ -1,4 +1,5 @@
 import pino, { type Logger } from 'pino';
+import pinoPretty from 'pino-pretty';
 
 /**
  * Structured logs. JSON lines (pino) with the bindings a process adds (job, rank, step, role);
@@ -11,13 +12,23 @@ function makeRoot(): Logger {
   const format = process.env.PARTI_LOG_FORMAT;
   const pretty = format === 'pretty' || (process.stderr.isTTY && format !== 'json');
   if (pretty) {
-    return pino({
-      level,
-      transport: {
-        target: 'pino-pretty',
-        options: { destination: 2, colorize: process.stderr.isTTY, ignore: 'pid,hostname', translateTime: 'HH:MM:ss' },
-      },
-    });
+    // In this thread (not a transport) so that messageFormat can be a function.
+    return pino(
+      { level },
+      pinoPretty({
+        destination: 2,
+        sync: true,
+        colorize: process.stderr.isTTY,
+        // One line per entry: who and where first (`worker 1 step 42`), then the message, then the rest.
+        messageFormat: (entry, messageKey) => {
+          const who = [entry.role, entry.rank, entry.step !== undefined ? `step ${entry.step}` : undefined, entry.trace ? `[${entry.trace}]` : undefined];
+          return [...who.filter((x) => x !== undefined && x !== ''), entry[messageKey]].join(' ');
+        },
+        ignore: 'pid,hostname,role,rank,step,trace',
+        singleLine: true,
+        translateTime: 'HH:MM:ss',
+      }),
+    );
   }
   return pino({ level, base: { pid: process.pid } }, pino.destination({ fd: 2, sync: true }));
 }
