@@ -48,6 +48,7 @@ export async function readPromptFile(path: string): Promise<PromptFile> {
 export function promptFolderName(index: number, prompt: string): string {
   const slug = prompt
     .normalize('NFKD')
+    .replace(/[\u0300-\u036f]/g, '')
     .toLowerCase()
     .replace(/[^a-z0-9]+/g, '-')
     .replace(/^-+|-+$/g, '')
