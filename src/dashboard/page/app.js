@@ -192,6 +192,7 @@ async function loadHistory() {
   const throughput = !counts('tokensPerSec') && counts('samplesPerSec') ? 'samplesPerSec' : 'tokensPerSec';
   if (throughput !== chartSeries.throughput) {
     chartSeries.throughput = throughput;
+    charts.throughput.retarget(throughput);
     $('throughput-unit').textContent = throughput === 'samplesPerSec' ? 'samples/s' : 'tokens/s';
   }
   for (const [chart, series] of Object.entries(chartSeries)) {

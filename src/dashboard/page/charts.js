@@ -5,6 +5,7 @@ import uPlot from './vendor/uPlot.esm.js';
 import { num } from './format.js';
 
 const colors = { loss: '#3b5bdb', tokensPerSec: '#0ca678', samplesPerSec: '#0ca678', lr: '#e8590c' };
+const labels = { loss: 'loss', tokensPerSec: 'tokens/s', samplesPerSec: 'samples/s', lr: 'learning rate' };
 
 export class LiveChart {
   /** @param {HTMLElement} el  @param {string} series  @param {() => void} onStale */
@@ -25,7 +26,8 @@ export class LiveChart {
     return {
       width: Math.max(200, this.el.clientWidth),
       height: 200,
-      legend: { show: false },
+      // The legend shows the step and value under the cursor.
+      legend: { show: true, live: true },
       cursor: { drag: { x: true, y: false }, points: { size: 6 } },
       scales: { x: { time: false } },
       axes: [
@@ -33,10 +35,18 @@ export class LiveChart {
         { stroke: '#6b7785', grid: { stroke: '#eef1f4' }, ticks: { stroke: '#e1e5eb' }, size: 64, values: (u, v) => v.map((x) => num(x)) },
       ],
       series: [
-        { label: 'step' },
-        { label: this.series, stroke, width: 1.6, fill: `${stroke}14`, points: { show: false }, value: (u, v) => num(v) },
+        { label: 'step', value: (u, v) => (v === null || v === undefined ? '–' : String(v)) },
+        { label: labels[this.series] ?? this.series, stroke, width: 1.6, fill: `${stroke}14`, points: { show: false }, value: (u, v) => num(v) },
       ],
     };
+  }
+
+  /** Draws another series from now on (throughput: tokens/s or samples/s). */
+  retarget(series) {
+    if (series === this.series) return;
+    this.series = series;
+    this.plot.destroy();
+    this.plot = new uPlot(this.options(), [this.xs, this.ys], this.el);
   }
 
   resize() {
