@@ -159,3 +159,29 @@ test('`parti launch k8s --dry-run` prints, as YAML, what kubectl kustomize rende
   assert.deepEqual(byKindAndName(printed), byKindAndName(expected));
   for (const o of printed) assert.deepEqual(schemaProblems(o), []);
 });
+
+test("the pods' command lines parse with the real `parti coordinator` and `parti worker` commands", async () => {
+  const { Command } = await import('commander');
+  const { register: registerCoordinator } = await import('../src/cli/coordinator.ts');
+  const { register: registerWorker } = await import('../src/cli/worker.ts');
+  const objects = renderKustomize(overlays.cpu.dir);
+  const [deployment] = find(objects, 'Deployment');
+  const [job] = find(objects, 'Job');
+  // What the kubelet substitutes for $(VAR) references, from the pod's environment.
+  const env: Record<string, string> = { PARTI_WORKERS: '2', PARTI_COORDINATOR: 'parti-coordinator:7070', POD_IP: '10.1.2.3' };
+  for (const container of [deployment.spec.template.spec.containers[0], job.spec.template.spec.containers[0]]) {
+    const args = (container.args as string[]).map((a) => a.replace(/\$\((\w+)\)/g, (_, v: string) => env[v] ?? assert.fail(`unknown $(${v})`)));
+    const program = new Command().exitOverride();
+    registerCoordinator(program);
+    registerWorker(program);
+    let parsed: Record<string, unknown> | undefined;
+    for (const cmd of program.commands) cmd.exitOverride().action((opts: Record<string, unknown>) => void (parsed = opts));
+    await program.parseAsync(args, { from: 'user' });
+    assert.ok(parsed, `${container.name}: no command ran for ${args.join(' ')}`);
+    if (container.name === 'coordinator') {
+      assert.deepEqual(parsed, { config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', workers: 2, host: '0.0.0.0', port: 7070 });
+    } else {
+      assert.deepEqual(parsed, { coordinator: 'parti-coordinator:7070', config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', listen: '0.0.0.0:7071', advertise: '10.1.2.3:7071' });
+    }
+  }
+});
