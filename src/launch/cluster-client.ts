@@ -130,7 +130,10 @@ export function clusterError(cluster: Pick<Cluster, 'server'>, doing: string, er
   if (e?.name === 'AbortError' || e?.name === 'TimeoutError' || e?.type === 'aborted') {
     return new PartiError('deadline', `${doing}: no answer from the Kubernetes API at ${cluster.server} in time`, { cause: err });
   }
-  return new PartiError('refused', `${doing}: cannot reach the Kubernetes API at ${cluster.server} (${e?.code ?? firstLine(err)})`, { cause: err });
+  // A socket or TLS failure carries a code (ECONNREFUSED, ENOTFOUND, CERT_HAS_EXPIRED, …);
+  // anything else (an auth plugin that failed, a kubeconfig the client refuses) says itself.
+  if (e?.code) return new PartiError('refused', `${doing}: cannot reach the Kubernetes API at ${cluster.server} (${e.code})`, { cause: err });
+  return new PartiError('refused', `${doing}: ${firstLine(err)}`, { cause: err });
 }
 
 function firstLine(err: unknown): string {

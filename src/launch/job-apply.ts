@@ -5,7 +5,7 @@ import type { Config } from '../config/schema.ts';
 import { PartiError, usageError } from '../errors.ts';
 import { log } from '../observability/log.ts';
 import { apiStatus, clusterError, connectCluster, type Cluster, type ClusterOptions } from './cluster-client.ts';
-import { buildJobObjects, COORDINATOR_HTTP_PORT, DEFAULT_DASHBOARD_SECRET, DEFAULT_S3_SECRET, type JobObjects, type JobObjectsInput } from './job-objects.ts';
+import { buildJobObjects, COORDINATOR_HTTP_PORT, JOB_NAME_PATTERN, DEFAULT_DASHBOARD_SECRET, DEFAULT_S3_SECRET, type JobObjects, type JobObjectsInput } from './job-objects.ts';
 
 /** What `parti launch k8s` is asked to do. */
 export interface LaunchOptions {
@@ -33,7 +33,6 @@ export interface AppliedObject {
   action: 'created' | 'configured' | 'unchanged' | 'scaled';
 }
 
-const NAME_RE = /^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$/;
 const NAMESPACE_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Validates the options and the config and builds the job's objects; touches no cluster. */
@@ -49,9 +48,7 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
   }
   const config = oneLine(() => loadConfig(options.configFile));
   const configText = readFileSync(options.configFile, 'utf8');
-  // The name becomes NAME-workers-INDEX (a pod hostname, at most 63) and NAME-coordinator (a
-  // Service, which must start with a letter).
-  if (!NAME_RE.test(config.name)) {
+  if (!JOB_NAME_PATTERN.test(config.name)) {
     throw new PartiError('config', `${options.configFile}: name: a Kubernetes job name must start with a letter and have at most 40 characters, got "${config.name}"`);
   }
   checkClusterReady(options.configFile, config);

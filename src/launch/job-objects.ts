@@ -42,6 +42,12 @@ export const NAME_LABEL = 'app.kubernetes.io/name';
 export const INSTANCE_LABEL = 'app.kubernetes.io/instance';
 export const COMPONENT_LABEL = 'app.kubernetes.io/component';
 
+/**
+ * A job name: it becomes NAME-workers-INDEX (a pod hostname, at most 63 characters) and
+ * NAME-coordinator (a Service name, which must start with a letter).
+ */
+export const JOB_NAME_PATTERN = /^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$/;
+
 /** What a job is made of. */
 export interface JobObjectsInput {
   /** The job's name (the config's `name`): objects are NAME-coordinator, NAME-workers, NAME-config-HASH. */

@@ -2,7 +2,7 @@ import { PassThrough } from 'node:stream';
 import { Log, type V1Deployment, type V1Job, type V1Pod } from '@kubernetes/client-node';
 import { PartiError, usageError } from '../errors.ts';
 import { apiStatus, clusterError, connectCluster, type Cluster, type ClusterOptions } from './cluster-client.ts';
-import { COMPONENT_LABEL, jobObjectNames, jobSelector } from './job-objects.ts';
+import { COMPONENT_LABEL, JOB_NAME_PATTERN, jobObjectNames, jobSelector } from './job-objects.ts';
 
 /** One pod of a job as `parti launch status` shows it. */
 export interface JobPodStatus {
@@ -29,11 +29,9 @@ export interface JobStatus {
   pods: JobPodStatus[];
 }
 
-const JOB_NAME_RE = /^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$/;
-
 /** Validates a `--job NAME` value. */
 export function checkJobName(name: string): void {
-  if (!JOB_NAME_RE.test(name)) throw usageError('--job', `a job name (the config's name: lowercase letters, digits, dashes), got "${name}"`);
+  if (!JOB_NAME_PATTERN.test(name)) throw usageError('--job', `a job name (the config's name: lowercase letters, digits, dashes), got "${name}"`);
 }
 
 /** Reads the coordinator Deployment, the worker Job and the pods of a job. */
