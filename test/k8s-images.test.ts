@@ -54,3 +54,32 @@ test('Dockerfiles: pinned bases, versions that match the lockfile, sources that 
   // tfjs-node-gpu 4.x loads libtensorflow 2.9.1: CUDA 11.2 with cuDNN 8.
   assert.match(gpu.CUDA_IMAGE ?? '', /^nvidia\/cuda:11\.2\.\d+-cudnn8-runtime-ubuntu\d+\.\d+$/);
 });
+
+test('the image installs production dependencies only: nothing `parti` imports at run time is a devDependency', () => {
+  const pkg = JSON.parse(read('package.json')) as { dependencies: Record<string, string>; devDependencies: Record<string, string> };
+  const devOnly = new Set(Object.keys(pkg.devDependencies).filter((d) => !(d in pkg.dependencies)));
+  // Walk the static and dynamic imports from the command's entry point, as tsx would load them.
+  const seen = new Set<string>();
+  const offenders: string[] = [];
+  const queue = [path.join(ROOT, 'bin/parti.mjs')];
+  while (queue.length) {
+    const file = queue.pop()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    const text = readFileSync(file, 'utf8');
+    for (const m of text.matchAll(/(?:^|[^\w.])(?:import|export)\s[^'"]*?from\s*['"]([^'"]+)['"]|import\(\s*['"]([^'"]+)['"]\s*\)|^import\s+['"]([^'"]+)['"]/gm)) {
+      const spec = (m[1] ?? m[2] ?? m[3])!;
+      if (spec.startsWith('.')) {
+        const target = path.resolve(path.dirname(file), spec);
+        if (existsSync(target)) queue.push(target);
+        continue;
+      }
+      if (spec.startsWith('node:')) continue;
+      const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!;
+      if (devOnly.has(name)) offenders.push(`${path.relative(ROOT, file)} imports ${name}`);
+    }
+  }
+  assert.ok(seen.size > 20, `walked only ${seen.size} files`);
+  assert.ok(seen.has(path.join(ROOT, 'src/cli/launch.ts')));
+  assert.deepEqual(offenders, []);
+});
