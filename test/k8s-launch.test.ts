@@ -109,12 +109,20 @@ test('launching again answers 409s: Services and Deployment are merge-patched, t
   assert.equal(coordinatorEnv.find((e: any) => e.name === 'PARTI_WORKERS').value, '4');
 });
 
-test('a running Job with another image is refused before anything changes', async () => {
+test('a Job with another image, or one that has ended, is refused before anything changes', async () => {
   await applyJob({ configFile: CONFIG, image: IMAGE, workers: 2, kubeconfig });
   fake.requests.length = 0;
   const err = await rejection(applyJob({ configFile: CONFIG, image: 'registry.example.com/parti:0.2.0-cpu', workers: 2, kubeconfig }));
   assert.equal(err.code, 'refused');
   assert.match(err.message, /job tiny-workers already exists in namespace ml-team .*parti launch delete --job tiny/);
+  assert.deepEqual(writes(), []);
+
+  (fake.get('jobs', NS, 'tiny-workers') as any).status = { conditions: [{ type: 'Failed', status: 'True', reason: 'BackoffLimitExceeded' }] };
+  const ended = await rejection(applyJob({ configFile: CONFIG, image: IMAGE, workers: 2, kubeconfig }));
+  assert.equal(
+    ended.message,
+    'job tiny-workers in namespace ml-team has ended (Failed: BackoffLimitExceeded); to run it again, delete it first with `parti launch delete --job tiny` (the checkpoints stay)',
+  );
   assert.deepEqual(writes(), []);
 });
 

@@ -143,6 +143,13 @@ async function planWorkerJob(cluster: Cluster, namespace: string, jobName: strin
     if (apiStatus(err) === 404) return { kind: 'create' };
     throw clusterError(cluster, `read job ${name} in namespace ${namespace}`, err);
   }
+  const ended = (existing.status?.conditions ?? []).find((c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True');
+  if (ended) {
+    throw new PartiError(
+      'refused',
+      `job ${name} in namespace ${namespace} has ended (${ended.type}${ended.reason ? `: ${ended.reason}` : ''}); to run it again, delete it first with \`parti launch delete --job ${jobName}\` (the checkpoints stay)`,
+    );
+  }
   // The server fills in defaults and the Job controller adds labels, so "the same" means every
   // field we ask for is there with our value.
   const { parallelism, completions, ...restSpec } = desired.spec!;
