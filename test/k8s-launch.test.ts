@@ -183,6 +183,10 @@ test('404 answers: a missing namespace is named; unreachable clusters and bad co
     applyJob({ configFile: writeClusterConfig('tiny', [['url: s3://YOUR-BUCKET/parti', 'url: file:///var/lib/parti/ckpt']]), image: IMAGE, workers: 2, kubeconfig }),
   );
   assert.match(fileCheckpoints.message, /checkpoint\.url: must be s3:\/\/bucket\/prefix in a cluster .*got file:\/\/\/var\/lib\/parti\/ckpt$/);
+  const tooFew = await rejection(
+    applyJob({ configFile: writeClusterConfig('tiny', [['workers: 2\n', 'workers: 2\n  minWorkers: 3\n']]), image: IMAGE, workers: 2, kubeconfig }),
+  );
+  assert.equal(tooFew.message, "--workers: 2 is fewer than the config's runtime.minWorkers (3): the job would never start");
   const badFlag = await rejection(applyJob({ configFile: CONFIG, image: IMAGE, workers: 0, kubeconfig }));
   assert.equal(badFlag.message, '--workers: an integer from 1 to 10000, got 0');
 });

@@ -52,11 +52,16 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
     throw new PartiError('config', `${options.configFile}: name: a Kubernetes job name must start with a letter and have at most 40 characters, got "${config.name}"`);
   }
   checkClusterReady(options.configFile, config);
+  const workers = options.workers ?? config.runtime.workers;
+  const minWorkers = config.runtime.minWorkers;
+  if (minWorkers !== undefined && minWorkers > workers) {
+    throw usageError('--workers', `${workers} is fewer than the config's runtime.minWorkers (${minWorkers}): the job would never start`);
+  }
   const input: JobObjectsInput = {
     name: config.name,
     configText,
     image: options.image,
-    workers: options.workers ?? config.runtime.workers,
+    workers,
     gpusPerWorker: gpus,
     namespace: options.namespace,
     s3Secret: options.s3Secret ?? DEFAULT_S3_SECRET,
