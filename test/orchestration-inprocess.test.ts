@@ -40,6 +40,7 @@ async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: nu
     stepDeadlineMs: 10_000,
     zeroStage: opts.zeroStage ?? 0,
     checkpointEvery: 0,
+    checkpointAtEnd: false,
     checkpoints: null,
     ledgerFile: join(dir, 'ledger.jsonl'),
   });
@@ -121,7 +122,8 @@ test('a worker of another job or config is refused with a clear error on both si
   const coordinator = new Coordinator({
     jobId: 'job', configHash: 'hash', totalSteps: 1, microBatch: 2, plan: new StepPlan(new EpochPlan([{ samples: 4 }], { seed: 0, globalBatch: 2 })),
     targetWorkers: 1, minWorkers: 1, heartbeatMs: 100, failureTimeoutMs: 1000, stepDeadlineMs: 1000, zeroStage: 0,
-    checkpointEvery: 0, checkpoints: null, ledgerFile: null,
+    checkpointEvery: 0,
+    checkpointAtEnd: false, checkpoints: null, ledgerFile: null,
   });
   const server = await startCoordinatorServer(coordinator, '127.0.0.1', 0, 1 << 20);
   try {

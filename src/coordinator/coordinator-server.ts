@@ -94,6 +94,11 @@ export async function startCoordinatorServer(
             streams.delete(call);
             call.end();
           }
+        }, () => {
+          if (!open) return;
+          open = false;
+          streams.delete(call);
+          call.end();
         });
       } catch (err) {
         open = false;

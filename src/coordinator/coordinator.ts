@@ -30,8 +30,10 @@ export interface CoordinatorOptions {
   stepDeadlineMs: number;
   /** ZeRO stage 1: optimizer state is sharded, so a lost member means restoring from a checkpoint. */
   zeroStage: 0 | 1;
-  /** Checkpoint every this many steps (0: only at the end and on stop). */
+  /** Checkpoint every this many steps (0: none periodically). */
   checkpointEvery: number;
+  /** Checkpoint once more when the job ends or is stopped. */
+  checkpointAtEnd: boolean;
   /** Where committed checkpoints live; null: none are written. */
   checkpoints: CheckpointCommitter | null;
   /** Ledger file (test mode) or null. */
@@ -63,6 +65,8 @@ interface Member {
   lastHeartbeat: number;
   /** Sends a command on the worker's stream; null until the stream is open. */
   send: ((cmd: Command) => void) | null;
+  /** Ends the worker's stream (it was declared dead: if it lives, it must join again). */
+  end: (() => void) | null;
   /** Asked to leave at the next step boundary. */
   leaving: boolean;
   /** Holds the parameters and optimizer state of the current step (can be a sync source). */
@@ -123,6 +127,8 @@ export class Coordinator {
   ring: string[] = [];
   readonly members = new Map<string, Member>();
   skippedSteps = 0;
+  /** Parameters of the model every worker must have (set by the first join). */
+  private paramCount: number | null = null;
   started = false;
   /** Restore from this checkpoint step at the next re-form (set after recovery or total loss). */
   private restoreStep: number | null = null;
@@ -175,7 +181,7 @@ export class Coordinator {
   // ---- RPC entry points (called by the gRPC service) ----
 
   /** A worker joins. Throws PartiError('refused') for another job or config. */
-  join(req: JoinRequest, paramCountCheck?: number): JoinReply {
+  join(req: JoinRequest): JoinReply {
     if (req.jobId !== this.opts.jobId || req.configHash !== this.opts.configHash) {
       const why =
         req.jobId !== this.opts.jobId
@@ -185,7 +191,12 @@ export class Coordinator {
       throw new PartiError('refused', why);
     }
     if (this.phase.kind === 'done') throw new PartiError('refused', `job ${this.opts.jobId} has finished`);
-    void paramCountCheck;
+    if (this.paramCount !== null && req.paramCount !== this.paramCount) {
+      const why = `its model has ${req.paramCount} parameters, this job's has ${this.paramCount}`;
+      this.event('refused', `refused worker ${req.workerName}: ${why}`);
+      throw new PartiError('refused', why);
+    }
+    this.paramCount = req.paramCount;
     const id = randomUUID().slice(0, 8);
     const now = Date.now();
     this.members.set(id, {
@@ -195,6 +206,7 @@ export class Coordinator {
       joinedAt: now,
       lastHeartbeat: now,
       send: null,
+      end: null,
       leaving: false,
       synced: false,
       state: 'joined',
@@ -204,10 +216,11 @@ export class Coordinator {
   }
 
   /** The worker's command stream opened. */
-  attach(workerId: string, send: (cmd: Command) => void): void {
+  attach(workerId: string, send: (cmd: Command) => void, end: () => void): void {
     const m = this.members.get(workerId);
     if (!m) throw new PartiError('refused', `unknown worker ${workerId} (join first)`);
     m.send = send;
+    m.end = end;
     m.lastHeartbeat = Date.now();
     this.advance();
   }
@@ -315,6 +328,7 @@ export class Coordinator {
     const m = this.members.get(id);
     if (!m) return;
     this.members.delete(id);
+    m.end?.();
     const inRing = this.ring.includes(id);
     this.event('failure', `worker ${m.name} (${id}) is gone: ${why}`, { worker: id });
     if (!inRing) return;
@@ -526,7 +540,7 @@ export class Coordinator {
 
   private finish(reason: string): void {
     // A final checkpoint first, when there is a store and the ring is complete.
-    if (this.opts.checkpoints && this.lastCheckpointStep !== this.step && this.failedCheckpointStep !== this.step && this.ring.length > 0 && this.step > 0) {
+    if (this.opts.checkpoints && this.opts.checkpointAtEnd && this.lastCheckpointStep !== this.step && this.failedCheckpointStep !== this.step && this.ring.length > 0 && this.step > 0) {
       const alive = this.ring.every((id) => this.members.get(id)?.send);
       if (alive) {
         this.startCheckpoint();

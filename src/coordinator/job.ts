@@ -65,6 +65,7 @@ export async function resolveCoordinatorOptions(config: Config, o: JobOverrides)
     stepDeadlineMs: rt.stepDeadlineMs,
     zeroStage: rt.zeroStage,
     checkpointEvery: config.checkpoint.everySteps,
+    checkpointAtEnd: config.checkpoint.atEnd,
     checkpoints: new StoreCheckpointCommitter(openStore(checkpointUrl(config, o.runDir)), {
       configHash: hash,
       config,

@@ -7,6 +7,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { hostname } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { log as rootLog } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
 import {
@@ -21,6 +22,9 @@ import {
 } from '../coordinator/protocol.ts';
 import { segmentBounds } from '../collective/ring.ts';
 import type { CollectivePort } from './collective-port.ts';
+import type { HeartbeatControl, HeartbeatNews, HeartbeatThreadData } from './heartbeat-thread.ts';
+
+const HEARTBEAT_THREAD = new URL('./heartbeat-thread.ts', import.meta.url).href;
 import type { OptimizerShard, OptimizerSnapshot, Trainable } from './trainable.ts';
 
 /** A checkpoint object as the coordinator lists it in the manifest. */
@@ -89,7 +93,15 @@ export interface WorkerExit {
 }
 
 export class WorkerRuntime {
-  state: WorkerState = 'starting';
+  private _state: WorkerState = 'starting';
+  get state(): WorkerState {
+    return this._state;
+  }
+  set state(s: WorkerState) {
+    this._state = s;
+    this.heartbeats?.postMessage({ type: 'state', state: s } satisfies HeartbeatControl);
+  }
+  private heartbeats: Worker | null = null;
   private model!: Trainable;
   /** The model holds its initialization (nothing trained or loaded yet). */
   private pristine = true;
@@ -107,7 +119,6 @@ export class WorkerRuntime {
   private wake: (() => void) | null = null;
   private stream: grpc.ClientReadableStream<Command> | null = null;
   private streamEnded: ((why: string) => void) | null = null;
-  private heartbeatTimer: NodeJS.Timeout | null = null;
   private stopReason: string | null = null;
   private leaving = false;
   private applied = 0;
@@ -123,6 +134,7 @@ export class WorkerRuntime {
 
   /** Runs until the coordinator says stop (or cannot be reached for reconnectMs). */
   async run(): Promise<WorkerExit> {
+    this.startHeartbeatThread(); // loads while the model is built
     this.model = await this.opts.createModel();
     try {
       while (this.stopReason === null) {
@@ -134,7 +146,8 @@ export class WorkerRuntime {
       }
     } finally {
       this.state = 'stopped';
-      this.stopHeartbeats();
+      this.heartbeats?.postMessage({ type: 'stop' } satisfies HeartbeatControl);
+      this.heartbeats = null;
       this.client.close();
       await this.opts.collective.close();
       this.model.dispose();
@@ -214,25 +227,37 @@ export class WorkerRuntime {
     }
   }
 
+  /** Heartbeats run on their own thread: a tfjs step blocks this one for seconds. */
   private startHeartbeats(): void {
-    this.stopHeartbeats();
-    let inFlight = false;
-    this.heartbeatTimer = setInterval(() => {
-      if (inFlight) return;
-      inFlight = true;
-      this.unary<{ known: boolean }>('heartbeat', { jobId: this.opts.jobId, workerId: this.workerId, state: this.state })
-        .then((r) => {
-          if (!r.known) this.streamEnded?.('the coordinator does not know this worker');
-        })
-        .catch((err) => this.log.debug({ err: (err as Error).message }, 'heartbeat failed'))
-        .finally(() => (inFlight = false));
-    }, this.opts.heartbeatMs);
-    this.heartbeatTimer.unref();
+    this.startHeartbeatThread();
+    this.heartbeats!.postMessage({ type: 'identity', workerId: this.workerId } satisfies HeartbeatControl);
+    this.heartbeats!.postMessage({ type: 'state', state: this.state } satisfies HeartbeatControl);
+  }
+
+  private startHeartbeatThread(): void {
+    if (!this.heartbeats) {
+      const data: HeartbeatThreadData = {
+        coordinator: this.opts.coordinator,
+        jobId: this.opts.jobId,
+        heartbeatMs: this.opts.heartbeatMs,
+        rpcDeadlineMs: this.opts.rpcDeadlineMs,
+        maxMessageBytes: this.opts.maxMessageBytes,
+      };
+      // The thread loads TypeScript through tsx like the CLI; a worker thread does not inherit --import hooks.
+      const tsx = import.meta.resolve('tsx/esm/api');
+      const code = `(async () => { const { register } = await import(${JSON.stringify(tsx)}); register(); await import(${JSON.stringify(HEARTBEAT_THREAD)}); })();`;
+      const t = new Worker(code, { eval: true, workerData: data });
+      t.on('message', (m: HeartbeatNews) => {
+        if (m.type === 'unknown' && m.workerId === this.workerId) this.streamEnded?.('the coordinator does not know this worker');
+      });
+      t.on('error', (err) => this.log.error({ err: err.message }, 'heartbeat thread failed'));
+      t.unref();
+      this.heartbeats = t;
+    }
   }
 
   private stopHeartbeats(): void {
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = null;
+    this.heartbeats?.postMessage({ type: 'identity', workerId: '' } satisfies HeartbeatControl);
   }
 
   /** Opens the command stream and runs commands until it ends; returns why it ended. */
@@ -253,10 +278,12 @@ export class WorkerRuntime {
       this.streamEnded = end;
       const stream = this.client.commands({ jobId: this.opts.jobId, workerId: this.workerId });
       this.stream = stream;
-      stream.on('data', (cmd: Command) => this.receive(cmd));
-      stream.on('error', (err) => end(fromGrpcError(err, 'command stream').message));
+      // Events of an earlier stream (a cancelled one) must not reach this session.
+      stream.on('data', (cmd: Command) => this.stream === stream && this.receive(cmd));
+      stream.on('error', (err) => this.stream === stream && end(fromGrpcError(err, 'command stream').message));
       // A graceful end comes after the last command (stop): let the queue drain first.
       stream.on('end', () => {
+        if (this.stream !== stream) return;
         this.queue.push({ stop: undefined, streamEnd: true } as Command & { streamEnd: true });
         this.wake?.();
       });
@@ -317,7 +344,7 @@ export class WorkerRuntime {
     } catch (err) {
       const e = PartiError.from(err);
       if (epoch <= this.abortedEpoch && e.code === 'collective-aborted') return;
-      this.log.warn({ epoch, err: e.message, code: e.code }, 'command failed');
+      this.log.warn({ epoch, err: e.message, code: e.code, stack: e.code === 'internal' ? (e.cause as Error | undefined)?.stack ?? e.stack : undefined }, 'command failed');
       this.state = 'idle';
       await this.report({ kind: 'FAILED', epoch, step: this.version, error: `${e.code}: ${e.message}` }).catch(() => {});
     }
