@@ -36,6 +36,7 @@ export function register(program: Command): void {
         minWorkers: o.minWorkers,
         steps: o.steps,
         ledger: o.ledger,
+        onDashboard: (url) => process.stdout.write(`dashboard: ${url}\n`),
         onListening: (address) => process.stdout.write(`coordinator listening on ${address}\n`),
         onStep: (s) =>
           process.stdout.write(

@@ -7,7 +7,8 @@ import type { Config } from '../config/schema.ts';
 import { log } from '../observability/log.ts';
 import { Coordinator, type StepSummary } from './coordinator.ts';
 import { startCoordinatorServer } from './coordinator-server.ts';
-import { resolveCoordinatorOptions, type JobOverrides } from './job.ts';
+import { jobStage, resolveCoordinatorOptions, type JobOverrides } from './job.ts';
+import { startCoordinatorDashboard, type CoordinatorDashboard } from '../dashboard/coordinator-bridge.ts';
 
 /** Options of runCoordinator beyond the job's. */
 export interface CoordinatorProcessOptions extends JobOverrides {
@@ -15,6 +16,8 @@ export interface CoordinatorProcessOptions extends JobOverrides {
   port?: number;
   /** Called once the service listens, with its host:port. */
   onListening?: (address: string) => void;
+  /** Called once the dashboard serves, with its URL. */
+  onDashboard?: (url: string) => void;
   /** Called for every committed step. */
   onStep?: (s: StepSummary) => void;
   /** Stop on these signals (default SIGINT and SIGTERM). */
@@ -36,6 +39,18 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
   const onSignal = (sig: NodeJS.Signals) => coordinator.requestStop(`${sig}`);
   for (const s of signals) process.on(s, onSignal);
   if (o.onStep) coordinator.subscribe((e) => e.type === 'step' && o.onStep!(e.step));
+  let dashboard: CoordinatorDashboard | null = null;
+  if (config.dashboard.enabled) {
+    const stage = jobStage(config);
+    dashboard = await startCoordinatorDashboard(coordinator, config.dashboard, {
+      name: config.name,
+      stage: stage.stage,
+      batchSize: stage.batch,
+      // Several local coordinators may share a machine; a cluster's Service needs the configured port.
+      onPortInUse: ['127.0.0.1', 'localhost', '::1'].includes(config.dashboard.host) ? 'any-free-port' : 'fail',
+    });
+    o.onDashboard?.(dashboard.url);
+  }
   o.onListening?.(server.address);
   log.child({ role: 'coordinator' }).info(
     { job: opts.jobId, configHash: opts.configHash, steps: opts.totalSteps, workers: opts.targetWorkers, minWorkers: opts.minWorkers, zeroStage: opts.zeroStage },
@@ -50,5 +65,6 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     for (const s of signals) process.off(s, onSignal);
     coordinator.close();
     await server.close();
+    await dashboard?.close();
   }
 }
