@@ -147,7 +147,9 @@ async function prune(store: ObjectStore, step: number, keep: number, result: Com
   result.orphansRemoved = [...orphanSteps].filter((s) => !drop.has(s)).sort((a, b) => a - b);
   result.incompleteRemoved = await store.cleanupIncomplete(STEPS_PREFIX, new Date(), (key) => {
     const s = stepOfObjectKey(key);
-    return s !== null && s < step && !live.has(s);
+    // Every object of this step and of committed older ones has landed, so a temp file or an open
+    // upload there is left over from a killed process, like those of failed older saves.
+    return s !== null && s <= step;
   });
   if (result.pruned.length || result.orphansRemoved.length || result.incompleteRemoved)
     trace('pruned', { step, pruned: result.pruned, orphans: result.orphansRemoved, incomplete: result.incompleteRemoved });

@@ -21,12 +21,17 @@ export interface UploadRequest {
 
 export type UploadReply =
   | { type: 'done'; id: number; refs: import('./checkpoint-manifest.ts').CheckpointObjectRef[] }
-  | { type: 'failed'; id: number; message: string; code: string; reason?: string };
+  | { type: 'failed'; id: number; message: string; code: string; reason?: string }
+  | { type: 'pong' };
 
 let store: ObjectStore | null = null;
 let storeUrl = '';
 
-parentPort!.on('message', (req: UploadRequest | { type: 'close' }) => {
+parentPort!.on('message', (req: UploadRequest | { type: 'close' } | { type: 'ping' }) => {
+  if (req.type === 'ping') {
+    parentPort!.postMessage({ type: 'pong' } satisfies UploadReply);
+    return;
+  }
   if (req.type === 'close') {
     void (store?.close() ?? Promise.resolve()).finally(() => process.exit(0));
     return;

@@ -134,6 +134,33 @@ export class CheckpointWriter {
     return { step, done };
   }
 
+  /**
+   * Starts the upload thread now and resolves once it has loaded, so that the first checkpoint
+   * does not pay for it (call it at worker start). A no-op without a thread.
+   */
+  async start(): Promise<void> {
+    if (!this.options.thread || this.current.state === 'closed') return;
+    this.worker ??= this.startWorker();
+    const worker = this.worker;
+    worker.ref();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onMessage = (m: UploadReply) => {
+          if (m.type !== 'pong') return;
+          worker.off('message', onMessage);
+          worker.off('exit', onExit);
+          resolve();
+        };
+        const onExit = (code: number) => reject(new PartiError('checkpoint', `checkpoint upload thread exited (${code}) while starting`));
+        worker.on('message', onMessage);
+        worker.once('exit', onExit);
+        worker.postMessage({ type: 'ping' });
+      });
+    } finally {
+      if (this.current.state !== 'saving') worker.unref();
+    }
+  }
+
   /** Resolves when no save is in flight. */
   async whenIdle(): Promise<void> {
     await this.inFlight;
@@ -168,6 +195,7 @@ export class CheckpointWriter {
     const code = `(async () => { const { register } = await import(${JSON.stringify(tsx)}); register(); await import(${JSON.stringify(THREAD_URL)}); })();`;
     const worker = new Worker(code, { eval: true });
     worker.on('message', (reply: UploadReply) => {
+      if (reply.type === 'pong') return;
       const waiter = this.pending.get(reply.id);
       if (!waiter) return;
       this.pending.delete(reply.id);

@@ -2,19 +2,7 @@ import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  AbortMultipartUploadCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListMultipartUploadsCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type GetObjectCommandOutput,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import type { GetObjectCommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions, StorageFailure } from './object-store.ts';
 import { StorageError, checkKey, checkPrefix } from './storage-error.ts';
 import { log, tracer } from '../observability/log.ts';
@@ -120,7 +108,9 @@ export class S3Store implements ObjectStore {
   readonly url: string;
   readonly bucket: string;
   readonly prefix: string;
-  private readonly client: S3Client;
+  private readonly config: S3ClientConfig;
+  /** The AWS SDK loads on first use: importing it costs ~0.5 s that file:// users need not pay. */
+  private sdkPromise: Promise<Sdk> | null = null;
   private readonly partSize: number;
   private readonly partConcurrency: number;
   private readonly maxResumes: number;
@@ -169,7 +159,16 @@ export class S3Store implements ObjectStore {
     if (endpoint) config.endpoint = endpoint;
     if (region) config.region = region;
     if (options.credentials) config.credentials = { ...options.credentials };
-    this.client = new S3Client(config);
+    this.config = config;
+  }
+
+  private sdk(): Promise<Sdk> {
+    this.sdkPromise ??= Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/lib-storage')]).then(([s3, lib]) => ({
+      s3,
+      Upload: lib.Upload,
+      client: new s3.S3Client(this.config),
+    }));
+    return this.sdkPromise;
   }
 
   private full(key: string): string {
@@ -209,13 +208,14 @@ export class S3Store implements ObjectStore {
    * to the same ETag so that it never splices two versions of an object.
    */
   private async openRead(key: string, options: GetOptions): Promise<{ length: number; chunks: AsyncIterable<Buffer> }> {
+    const { client, s3 } = await this.sdk();
     const start = options.start ?? 0;
     const end = options.end;
     const request = async (from: number, etag?: string): Promise<GetObjectCommandOutput | null> => {
       const ranged = from > 0 || end !== undefined;
       try {
-        return await this.client.send(
-          new GetObjectCommand({
+        return await client.send(
+          new s3.GetObjectCommand({
             Bucket: this.bucket,
             Key: this.full(key),
             Range: ranged ? `bytes=${from}-${end ?? ''}` : undefined,
@@ -282,11 +282,12 @@ export class S3Store implements ObjectStore {
 
   async put(key: string, body: Buffer | Uint8Array | Readable, options: PutOptions = {}): Promise<void> {
     checkKey(this.url, 'put', key);
+    const { client, s3, Upload } = await this.sdk();
     await this.gate.run(async () => {
       try {
         if (!(body instanceof Readable) && body.byteLength <= this.partSize) {
-          await this.client.send(
-            new PutObjectCommand({
+          await client.send(
+            new s3.PutObjectCommand({
               Bucket: this.bucket,
               Key: this.full(key),
               Body: body,
@@ -298,7 +299,7 @@ export class S3Store implements ObjectStore {
           return;
         }
         const upload = new Upload({
-          client: this.client,
+          client,
           params: { Bucket: this.bucket, Key: this.full(key), Body: body, ContentType: options.contentType },
           partSize: this.partSize,
           queueSize: this.partConcurrency,
@@ -321,8 +322,9 @@ export class S3Store implements ObjectStore {
 
   async head(key: string): Promise<ObjectInfo | null> {
     checkKey(this.url, 'head', key);
+    const { client, s3 } = await this.sdk();
     try {
-      const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
+      const res = await client.send(new s3.HeadObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
       return { key, size: res.ContentLength ?? 0, lastModified: res.LastModified };
     } catch (err) {
       if (s3FailureReason(err) === 'not-found' && (err as SdkError).name !== 'NoSuchBucket') return null;
@@ -332,13 +334,14 @@ export class S3Store implements ObjectStore {
 
   async list(prefix: string): Promise<ObjectInfo[]> {
     checkPrefix(this.url, prefix);
+    const { client, s3 } = await this.sdk();
     const out: ObjectInfo[] = [];
     const strip = this.prefix ? this.prefix.length + 1 : 0;
     let token: string | undefined;
     try {
       do {
-        const res = await this.client.send(
-          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.full(prefix), ContinuationToken: token }),
+        const res = await client.send(
+          new s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.full(prefix), ContinuationToken: token }),
         );
         for (const o of res.Contents ?? []) {
           if (!o.Key) continue;
@@ -354,8 +357,9 @@ export class S3Store implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     checkKey(this.url, 'delete', key);
+    const { client, s3 } = await this.sdk();
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
+      await client.send(new s3.DeleteObjectCommand({ Bucket: this.bucket, Key: this.full(key) }));
     } catch (err) {
       if (s3FailureReason(err) === 'not-found' && (err as SdkError).name !== 'NoSuchBucket') return;
       throw this.fail('delete', key, err);
@@ -370,13 +374,14 @@ export class S3Store implements ObjectStore {
    */
   async cleanupIncomplete(prefix: string, olderThan: Date, only?: (key: string) => boolean): Promise<number> {
     checkPrefix(this.url, prefix);
+    const { client, s3 } = await this.sdk();
     let removed = 0;
     let keyMarker: string | undefined;
     let uploadIdMarker: string | undefined;
     try {
       do {
-        const res = await this.client.send(
-          new ListMultipartUploadsCommand({
+        const res = await client.send(
+          new s3.ListMultipartUploadsCommand({
             Bucket: this.bucket,
             Prefix: this.full(prefix),
             KeyMarker: keyMarker,
@@ -386,7 +391,7 @@ export class S3Store implements ObjectStore {
         for (const u of res.Uploads ?? []) {
           if (!u.Key || !u.UploadId || (u.Initiated && u.Initiated >= olderThan)) continue;
           if (only && !only(this.prefix ? u.Key.slice(this.prefix.length + 1) : u.Key)) continue;
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }));
+          await client.send(new s3.AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }));
           removed++;
         }
         keyMarker = res.IsTruncated ? res.NextKeyMarker : undefined;
@@ -408,8 +413,14 @@ export class S3Store implements ObjectStore {
   }
 
   async close(): Promise<void> {
-    this.client.destroy();
+    if (this.sdkPromise) (await this.sdkPromise).client.destroy();
   }
+}
+
+interface Sdk {
+  s3: typeof import('@aws-sdk/client-s3');
+  Upload: typeof import('@aws-sdk/lib-storage').Upload;
+  client: S3Client;
 }
 
 /** Exponential backoff with full jitter: 100 ms, 200 ms, 400 ms... capped at 5 s. */
