@@ -1,0 +1,124 @@
+// Data-parallel scaling of the tiny config on this machine, with real `parti coordinator` and
+// `parti worker` processes on 127.0.0.1 (wasm backend, one single-threaded worker per core):
+// - throughput (samples/s, image tokens/s) of 1 and of 2 workers with the same per-worker batch;
+// - the share of a step spent in the all-reduce (the slowest rank's all-reduce call, which includes
+//   waiting for the slowest peer to finish its backward pass);
+// - the time from a worker's SIGKILL to the next committed step (2 workers, minimum 1: the
+//   survivor detects the death, aborts, re-forms alone and redoes the step).
+// The frozen image tokenizer is at its initialization (throughput does not depend on its training).
+// Run: flock /tmp/parti-bench.lock npx tsx bench/scaling.ts [--steps 8] [--per-worker-batch 8]
+import { join } from 'node:path';
+import { loadConfig } from '../src/config/load.ts';
+import { createOptimizer } from '../src/model/optimizer.ts';
+import { saveTrainingState } from '../src/model/training-state.ts';
+import { VitVqgan } from '../src/model/vit-vqgan.ts';
+import { Cluster } from '../test/orchestration-harness.ts';
+
+const arg = (name: string, def: number) => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? Number(process.argv[i + 1]) : def;
+};
+const STEPS = arg('--steps', 8);
+const PER_WORKER = arg('--per-worker-batch', 8);
+const WARMUP = 2;
+
+interface StepLine {
+  step: number;
+  loss: number;
+  worldSize: number;
+  stepMs: number;
+  allReduceMs: number;
+  computeMs: number;
+  at: number;
+}
+
+async function setup(cluster: Cluster, workers: number, steps: number, minWorkers = workers): Promise<string> {
+  const tiny = loadConfig('configs/tiny.yaml');
+  tiny.training.parti.steps = steps;
+  tiny.training.parti.batchSize = PER_WORKER * workers;
+  tiny.training.parti.microBatchSize = PER_WORKER;
+  tiny.data.synthetic.samples = 1024;
+  tiny.runtime.backend = 'wasm';
+  tiny.runtime.workers = workers;
+  tiny.runtime.minWorkers = minWorkers;
+  tiny.runtime.failureTimeoutMs = 3000;
+  tiny.checkpoint.everySteps = 0;
+  tiny.checkpoint.atEnd = false;
+  tiny.dashboard.enabled = false;
+  const vq = new VitVqgan(tiny.model.tokenizer);
+  await saveTrainingState(join(cluster.dir, 'tokenizer'), {
+    stage: 'tokenizer',
+    step: 0,
+    configHash: 'bench',
+    layout: vq.layout.toJSON(),
+    params: vq.layout.initialize(tiny.training.seed),
+    optimizer: createOptimizer(tiny.training.tokenizer.optimizer, vq.layout).exportState(),
+    extra: {},
+  });
+  return cluster.config('tiny', tiny);
+}
+
+function steps(lines: string[]): StepLine[] {
+  return lines.filter((l) => l.startsWith('{"step"')).map((l) => JSON.parse(l) as StepLine);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)]! : Number.NaN;
+}
+
+async function throughput(workers: number): Promise<{ samplesPerSec: number; tokensPerSec: number; allReduceShare: number; stepMs: number }> {
+  const cluster = new Cluster(`scaling${workers}`);
+  try {
+    const cfg = await setup(cluster, workers, STEPS);
+    const c = await cluster.coordinator(cfg);
+    for (let i = 0; i < workers; i++) cluster.worker(cfg, c.address, `w${i}`);
+    await c.waitFor(/"done":true/, 900_000);
+    const s = steps(c.lines).filter((x) => x.step >= WARMUP);
+    const seconds = (s.at(-1)!.at - s[0]!.at) / 1000;
+    const samples = (s.length - 1) * PER_WORKER * workers;
+    const tokens = samples * 64;
+    return {
+      samplesPerSec: samples / seconds,
+      tokensPerSec: tokens / seconds,
+      allReduceShare: median(s.map((x) => x.allReduceMs / x.stepMs)),
+      stepMs: median(s.map((x) => x.stepMs)),
+    };
+  } finally {
+    await cluster.killAll();
+  }
+}
+
+async function recovery(): Promise<{ detectToNextStepMs: number; stepMsBefore: number }> {
+  const cluster = new Cluster('scaling-kill');
+  try {
+    const cfg = await setup(cluster, 2, STEPS + 4, 1);
+    const c = await cluster.coordinator(cfg);
+    cluster.worker(cfg, c.address, 'w0');
+    const victim = cluster.worker(cfg, c.address, 'w1');
+    await c.waitFor(/"step":2,/, 600_000);
+    const before = steps(c.lines);
+    // kill in the middle of a step: half a step after the last commit
+    const stepMsBefore = median(before.slice(1).map((x) => x.stepMs));
+    await new Promise((r) => setTimeout(r, stepMsBefore / 2));
+    const killedAt = Date.now();
+    victim.proc.kill('SIGKILL');
+    const committedBefore = steps(c.lines).length;
+    await c.waitFor(new RegExp(`"step":${committedBefore},`), 600_000);
+    const next = steps(c.lines).find((x) => x.step === committedBefore)!;
+    await c.waitFor(/"done":true/, 900_000);
+    return { detectToNextStepMs: next.at - killedAt, stepMsBefore };
+  } finally {
+    await cluster.killAll();
+  }
+}
+
+process.env.PARTI_LOG_LEVEL ??= 'warn';
+console.log(`tiny config, wasm, ${PER_WORKER} samples per worker per step, ${STEPS} steps (first ${WARMUP} not timed)`);
+const one = await throughput(1);
+console.log(`1 worker : ${one.samplesPerSec.toFixed(2)} samples/s, ${one.tokensPerSec.toFixed(0)} image tokens/s, step ${one.stepMs.toFixed(0)} ms`);
+const two = await throughput(2);
+console.log(`2 workers: ${two.samplesPerSec.toFixed(2)} samples/s, ${two.tokensPerSec.toFixed(0)} image tokens/s, step ${two.stepMs.toFixed(0)} ms, all-reduce ${(two.allReduceShare * 100).toFixed(1)}% of a step (median)`);
+console.log(`speedup 2 vs 1 workers: ${(two.samplesPerSec / one.samplesPerSec).toFixed(2)}x (goal >= 1.9x)`);
+const r = await recovery();
+console.log(`worker SIGKILL to the next committed step: ${r.detectToNextStepMs} ms (a step took ${r.stepMsBefore.toFixed(0)} ms before; the step is redone on the survivor alone)`);
