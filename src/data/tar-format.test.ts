@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import fc from 'fast-check';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
@@ -77,4 +78,21 @@ test('tar: pax extended headers (as Python tarfile writes them) name the next en
   const parsed = parseTar(tar);
   assert.deepEqual(parsed.problems, []);
   assert.deepEqual(parsed.entries.map((e) => [e.name, e.data.toString()]), [[long, 'long'], ['k2.txt', 'short']]);
+});
+
+test('tar: any bytes parse without throwing; entries stay inside the buffer', () => {
+  const base = tarArchive([{ name: 'a.txt', data: Buffer.from('x') }, { name: 'a.png', data: Buffer.alloc(2000, 3) }]);
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 6000 }), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 20 }), (random, edits) => {
+      for (const input of [Buffer.from(random), Buffer.from(base)]) {
+        for (const [at, v] of edits) if (input.length) input[at % input.length] = v;
+        const parsed = parseTar(input);
+        for (const e of parsed.entries) {
+          assert.ok(e.headerOffset >= 0 && e.headerOffset + 512 + e.data.length <= input.length);
+          assert.equal(e.data.buffer, input.buffer);
+        }
+      }
+    }),
+    { numRuns: 300, seed: 7 },
+  );
 });
