@@ -5,6 +5,7 @@
  */
 import type { Config } from '../config/schema.ts';
 import { log } from '../observability/log.ts';
+import { PartiError } from '../errors.ts';
 import { Coordinator, type StepSummary } from './coordinator.ts';
 import { startCoordinatorServer } from './coordinator-server.ts';
 import { jobStage, resolveCoordinatorOptions, type JobOverrides } from './job.ts';
@@ -60,6 +61,7 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     const done = await coordinator.done;
     // let the stop commands reach the workers before the server goes
     await new Promise((r) => setTimeout(r, 200));
+    if (coordinator.failed) throw new PartiError('collective-aborted', `job ${opts.jobId} failed: ${coordinator.failed}`);
     return { ...done, skippedSteps: coordinator.skippedSteps };
   } finally {
     for (const s of signals) process.off(s, onSignal);

@@ -129,6 +129,10 @@ export class Coordinator {
   skippedSteps = 0;
   /** Parameters of the model every worker must have (set by the first join). */
   private paramCount: number | null = null;
+  /** Epochs aborted since the last committed step: past MAX_ABORTS the job fails instead of looping. */
+  private abortsSinceCommit = 0;
+  /** Something was aborted since the last re-form (with ZeRO-1 a half-applied commit is possible). */
+  private troubled = false;
   started = false;
   /** Restore from this checkpoint step at the next re-form (set after recovery or total loss). */
   private restoreStep: number | null = null;
@@ -345,6 +349,15 @@ export class Coordinator {
     const p = this.phase;
     if (p.kind !== 'forming' && p.kind !== 'stepping' && p.kind !== 'checkpointing') return;
     this.event('abort', `aborting epoch ${p.epoch} (${p.kind}${p.kind === 'stepping' ? ` step ${p.step}` : ''}): ${reason}`);
+    this.troubled = true;
+    if (++this.abortsSinceCommit > MAX_ABORTS) {
+      for (const id of this.ring) this.send(id, { abort: { epoch: p.epoch, reason } });
+      this.ring = [];
+      this.phase = { kind: 'between-steps' };
+      this.failed = `${MAX_ABORTS} aborts in a row at step ${this.step}; last: ${reason}`;
+      this.finish(`failed: ${this.failed}`);
+      return;
+    }
     for (const id of this.ring) this.send(id, { abort: { epoch: p.epoch, reason } });
     if (p.kind === 'forming') {
       // a broadcast may have been cut half way: only members that reported READY hold the state
@@ -406,7 +419,10 @@ export class Coordinator {
     let restoreStep = -1;
     let reset = false;
     let syncFrom = -1;
-    const lostShard = this.opts.zeroStage === 1 && this.ring.length > 0 && this.ring.some((id) => !this.members.has(id));
+    // With ZeRO-1 a lost member took its optimizer shard along, and an aborted commit may have
+    // updated some shards and not others: only a checkpoint is a consistent state.
+    const lostShard = this.opts.zeroStage === 1 && (this.troubled || (this.ring.length > 0 && this.ring.some((id) => !this.members.has(id))));
+    this.troubled = false;
     if (this.restoreStep !== null || lostShard || members.every((m) => !m.synced)) {
       // No member holds the state of the current step (or a ZeRO shard was lost): go back to the
       // latest checkpoint, or to the start when there is none.
@@ -478,6 +494,7 @@ export class Coordinator {
       this.ledger.append({ step: p.step, samples: refs.map((r, i) => [r.epoch, ids[i]!]), worldSize: this.ring.length, skipped });
     }
     this.step = p.step + 1;
+    this.abortsSinceCommit = 0;
     for (const id of this.ring) this.send(id, { commit: { epoch: p.epoch, step: p.step } });
     const byRank = this.ring.map((id) => p.reports.find((r) => r.workerId === id)!);
     const max = (f: (r: StepReport) => number) => Math.max(...p.reports.map(f));
@@ -537,10 +554,12 @@ export class Coordinator {
   }
 
   private failedCheckpointStep: number | null = null;
+  /** Why the job failed (it stopped without finishing its steps), or null. */
+  failed: string | null = null;
 
   private finish(reason: string): void {
     // A final checkpoint first, when there is a store and the ring is complete.
-    if (this.opts.checkpoints && this.opts.checkpointAtEnd && this.lastCheckpointStep !== this.step && this.failedCheckpointStep !== this.step && this.ring.length > 0 && this.step > 0) {
+    if (!this.failed && this.opts.checkpoints && this.opts.checkpointAtEnd && this.lastCheckpointStep !== this.step && this.failedCheckpointStep !== this.step && this.ring.length > 0 && this.step > 0) {
       const alive = this.ring.every((id) => this.members.get(id)?.send);
       if (alive) {
         this.startCheckpoint();
@@ -554,6 +573,9 @@ export class Coordinator {
     this.doneResolve({ step: this.step, reason });
   }
 }
+
+/** Aborted epochs in a row (no step committed in between) after which the job gives up. */
+const MAX_ABORTS = 50;
 
 function sameRing(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
