@@ -24,7 +24,7 @@ test('Chromium watches `parti coordinator` + 2 `parti worker` processes, through
   const port = await freePort();
   const cfg = cluster.config(
     'job',
-    linearConfig({ workers: 2, minWorkers: 2 }, { steps: STEPS, stepDelayMs: 15 }, { dashboard: { port } }),
+    linearConfig({ workers: 2, minWorkers: 2 }, { steps: STEPS, stepDelayMs: 15 }, { dashboard: { port }, checkpoint: { everySteps: 10, keep: 2, atEnd: true } }),
   );
   const coordinator = await cluster.coordinator(cfg);
   const url = `http://127.0.0.1:${port}/`;
@@ -77,6 +77,12 @@ test('Chromium watches `parti coordinator` + 2 `parti worker` processes, through
   // The run ends; the last thing the page shows is the finished job at the last step.
   await page.waitForFunction((n) => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === String(n), STEPS, { timeout: 90_000 });
   assert.equal(await page.locator('#s-step').textContent(), String(STEPS));
+  // Checkpoints every 10 steps (into the run directory), listed with their size and save time.
+  await page.waitForFunction((n) => Array.from(document.querySelectorAll('#checkpoints tbody tr td:first-child')).some((td) => td.textContent === String(n)), STEPS, { timeout: 30_000 });
+  const rows = await page.locator('#checkpoints tbody tr').allInnerTexts();
+  assert.deepEqual(rows.map((r) => r.split('\t')[0]), ['30', '20', '10']);
+  for (const r of rows) assert.match(r, /\t\d+(\.\d)? (B|KiB|MiB)\t[\d.]+ (ms|s)\t/);
+  await page.screenshot({ path: join('test-artifacts', 'dashboard-processes-finished.png'), fullPage: true });
   await coordinator.waitFor(/"done":true/, 60_000);
   assert.deepEqual(errors, []);
 });

@@ -26,7 +26,7 @@ after(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
 });
 
-const steps = 60;
+const steps = 30;
 
 test('Chromium watches a real 2-worker training run on the dashboard', { timeout: 120_000 }, async () => {
   const coordinator = new Coordinator({
@@ -43,6 +43,7 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
     stepDeadlineMs: 20_000,
     zeroStage: 0,
     checkpointEvery: 0,
+    checkpointAtEnd: false,
     checkpoints: null,
     ledgerFile: null,
   });
@@ -79,7 +80,7 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
       configHash: 'hash',
       name: `worker-${i}`,
       // A short sleep per microbatch so the run lasts long enough to be watched.
-      createModel: async () => new LinearModel({ dim: 16, seed: 5, lr: 0.05, stepDelayMs: 25 }),
+      createModel: async () => new LinearModel({ dim: 16, seed: 5, lr: 0.05, stepDelayMs: 15 }),
       collective: new CollectiveNode(hub.transport(), { jobId: 'dash-run', chunkBytes: 64 }),
       seed: 0,
       zeroStage: 0,
@@ -151,6 +152,7 @@ test('a coordinator dashboard on a taken port fails, or moves to a free port whe
     stepDeadlineMs: 5000,
     zeroStage: 0,
     checkpointEvery: 0,
+    checkpointAtEnd: false,
     checkpoints: null,
     ledgerFile: null,
   });

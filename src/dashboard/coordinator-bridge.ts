@@ -4,6 +4,7 @@ import { createTrainingMetrics, type TrainingMetrics } from '../observability/me
 import type { EventKind, JobState, StepRecord, WorkerInfo } from './api-schema.ts';
 import { createDashboardServer, dashboardServerOptions, type DashboardServer } from './dashboard-server.ts';
 import { RunStateStore } from './run-state.ts';
+import { manifestKey } from '../storage/checkpoint-manifest.ts';
 import { PartiError } from '../errors.ts';
 import { log } from '../observability/log.ts';
 
@@ -86,8 +87,15 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
   let troubled = false;
   // Ctrl-C, SIGTERM or a stop command: the job checkpoints and ends at the next step boundary.
   let stopping = false;
+  // When each checkpoint started, to report how long it took (snapshot, uploads, manifest commit).
+  const checkpointStarts = new Map<number, number>();
+  function noteCheckpointStart(): void {
+    const p = coordinator.phase;
+    if (p.kind === 'checkpointing' && !checkpointStarts.has(p.step)) checkpointStarts.set(p.step, Date.now());
+  }
 
   function sync(): void {
+    noteCheckpointStart();
     const ring = coordinator.ring;
     const now = Date.now();
     for (const m of coordinator.members.values()) {
@@ -119,6 +127,9 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
   }
 
   const unsubscribe = coordinator.subscribe((e) => {
+    // A checkpoint starts synchronously right after a step commit or a stop request, once the
+    // coordinator's own code after this listener has run.
+    queueMicrotask(noteCheckpointStart);
     if (e.type === 'step') {
       // Workers that reported this step: those in the ring.
       store.recordStep(stepRecordOf(e.step));
@@ -134,7 +145,19 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
       store.recordRecovery(ev.message, coordinator.step);
       troubled = false;
     } else if (ev.kind === 'checkpoint') {
-      store.addCheckpoint({ step: coordinator.step, time: ev.at, uri: checkpointUri(coordinator.step), worldSize: Math.max(1, coordinator.ring.length) });
+      // The event comes while the phase still holds the checkpoint's step and objects.
+      const p = coordinator.phase;
+      const step = p.kind === 'checkpointing' ? p.step : coordinator.step;
+      const started = checkpointStarts.get(step);
+      checkpointStarts.delete(step);
+      store.addCheckpoint({
+        step,
+        time: ev.at,
+        uri: checkpointUri(step),
+        worldSize: Math.max(1, coordinator.ring.length),
+        ...(p.kind === 'checkpointing' ? { bytes: p.objects.reduce((n, o) => n + o.size, 0) } : {}),
+        ...(started !== undefined ? { saveSeconds: Math.max(0, ev.at - started) / 1000 } : {}),
+      });
     } else if (ev.kind === 'reform') {
       store.recordEvent({ kind: 'job', message: ev.message, time: ev.at, step: coordinator.step });
     } else if (kind) {
@@ -168,7 +191,11 @@ export interface CoordinatorDashboardInfo {
   stage?: string;
   /** Global batch size. */
   batchSize?: number;
-  checkpointUri?: (step: number) => string;
+  /**
+   * URL of the checkpoint store (`s3://bucket/prefix`, `file:///dir`), so the checkpoint list
+   * shows where each manifest is; without it, the list says `step N`.
+   */
+  checkpointStore?: string;
   /**
    * When the configured port is taken: `fail` (default; a cluster's Service needs that port), or
    * `any-free-port` (local runs and tests, where several coordinators share a machine): listen on
@@ -215,7 +242,8 @@ export async function startCoordinatorDashboard(
     server = await createDashboardServer({ ...serverOptions, port: 0 });
     log.warn({ port: config.port, url: server.url }, 'dashboard port in use; serving on a free port instead');
   }
-  const stop = bridgeCoordinator(coordinator, store, info.checkpointUri ? { checkpointUri: info.checkpointUri } : {});
+  const base = info.checkpointStore?.replace(/\/+$/, '');
+  const stop = bridgeCoordinator(coordinator, store, base ? { checkpointUri: (step) => `${base}/${manifestKey(step)}` } : {});
   store.setReady(true);
   return {
     url: server.url,

@@ -366,7 +366,7 @@ export class RunStateStore implements RunStateView {
     if (checkpoint.saveSeconds !== undefined) this.#metrics?.checkpointSaveSeconds.observe(checkpoint.saveSeconds);
     const last = this.#checkpoints.at(-1)!;
     this.#job = { ...this.#job, lastCheckpointStep: last.step, updatedAt: this.#now() };
-    const secs = checkpoint.saveSeconds !== undefined ? ` in ${checkpoint.saveSeconds.toFixed(1)} s` : '';
+    const secs = checkpoint.saveSeconds !== undefined ? ` in ${formatSeconds(checkpoint.saveSeconds)}` : '';
     this.recordEvent({ kind: 'checkpoint', step: checkpoint.step, message: `checkpoint at step ${checkpoint.step} committed${secs}`, detail: { uri: checkpoint.uri } });
     this.#emit({ type: 'checkpoint', checkpoint: { ...checkpoint } });
     this.#emit({ type: 'job', job: this.job() });
@@ -386,7 +386,7 @@ export class RunStateStore implements RunStateView {
     this.recordEvent({
       kind: 'recovery',
       step,
-      message: `checkpoint at step ${step} loaded in ${seconds.toFixed(1)} s`,
+      message: `checkpoint at step ${step} loaded in ${formatSeconds(seconds)}`,
       ...(uri ? { detail: { uri } } : {}),
     });
   }
@@ -436,6 +436,11 @@ export class RunStateStore implements RunStateView {
       }
     }
   }
+}
+
+/** 0.049 -> `49 ms`, 2.54 -> `2.5 s`. */
+function formatSeconds(s: number): string {
+  return s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(1)} s`;
 }
 
 function definedOnly<T extends object>(patch: T): Partial<T> {
