@@ -4,7 +4,7 @@ import type { ParamTensors } from '../model/param-layout.ts';
 import type { TextTokenizer } from '../model/text-tokenizer.ts';
 import { EVAL_CONTEXT, type KeysValues } from '../model/transformer.ts';
 import { tracer } from '../observability/log.ts';
-import { chooseToken, guidedLogits, samplerUniform, type TokenChoiceSettings } from './token-choice.ts';
+import { chooseBatchTokens, type DrawSettings } from './token-choice.ts';
 
 const trace = tracer('generate');
 
@@ -16,12 +16,8 @@ export interface PartiRunner {
   params: ParamTensors;
 }
 
-/** Sampler settings. */
-export interface SamplerSettings extends TokenChoiceSettings {
-  /** Classifier-free guidance scale; 1 turns guidance off (no unconditional rows). */
-  cfg: number;
-  seed: number;
-}
+/** Sampler settings (guidance scale, seed, temperature, top-k, top-p). */
+export type SamplerSettings = DrawSettings;
 
 /** Defaults of `parti generate` (and of the ONNX export's sampling defaults). */
 export const SAMPLER_DEFAULTS: Readonly<SamplerSettings> = { cfg: 3, temperature: 1, topK: 0, topP: 1, seed: 0 };
@@ -92,7 +88,7 @@ export function encodeForRows(runner: PartiRunner, texts: readonly string[], row
  * cross-attention keys/values are computed once, and the decoder extends a self-attention
  * key/value cache by one position per step. Under guidance (cfg != 1) the batch holds a
  * conditional and an unconditional (empty caption) row per sample; both get the drawn token.
- * Tokens are chosen on the host by `chooseToken` with `samplerUniform(seed, promptIndex, sample, t)`.
+ * Tokens are chosen on the host by `chooseBatchTokens` (token-choice.ts: the contract `parti serve` shares).
  *
  * Returns one Int32Array of `model.imageTokens` tokens per (request, sample), in request order.
  */
@@ -125,7 +121,6 @@ export function sampleImageTokens(
   try {
     const { cross, bias } = encodeForRows(runner, texts, rowText);
     held.push(bias, ...cross.flatMap((c) => [c.kT, c.v]));
-    const z = new Float64Array(V);
     for (let t = 0; t < T; t++) {
       let logits: Float32Array;
       if (useCache) {
@@ -156,10 +151,9 @@ export function sampleImageTokens(
         logits = l.dataSync() as Float32Array;
         l.dispose();
       }
+      const chosen = chooseBatchTokens(logits, V, rows, settings, t);
       for (let i = 0; i < n; i++) {
-        const row = rows[i]!;
-        guidedLogits(logits.subarray(i * V, (i + 1) * V), guided ? logits.subarray((n + i) * V, (n + i + 1) * V) : null, settings.cfg, z);
-        const tok = chooseToken(z, settings, samplerUniform(settings.seed, row.prompt, row.sample, t));
+        const tok = chosen[i]!;
         tokens[i * T + t] = tok;
         if (guided) tokens[(n + i) * T + t] = tok;
         outIndex[i]![t] = tok;

@@ -12,7 +12,8 @@ import { hashInts, hashName } from '../model/rng.ts';
  *          uncond[v] + cfg * (cond[v] - uncond[v])
  *   token = chooseToken(z, settings, u)
  *
- * chooseToken, step by step (every sum runs over the kept codes in ascending code order):
+ * chooseToken, step by step (sums of kept weights run in ascending code order, except the
+ * running sum of step 4):
  *   1. z[v] /= temperature.
  *   2. top-k (k > 0 and k < V): keep the k codes with the largest z (ties: smaller code first).
  *   3. w[v] = exp(z[v] - max kept z).
@@ -121,4 +122,35 @@ export function chooseToken(z: Float64Array, settings: TokenChoiceSettings, u: n
   // Rounding left no code: the last one with weight.
   for (let v = V - 1; v >= 0; v--) if (w[v]! > 0) return v;
   return V - 1;
+}
+
+/** Settings of one sampling run (`parti generate` and `parti serve` share them). */
+export interface DrawSettings extends TokenChoiceSettings {
+  /** Classifier-free guidance scale; 1 = off. */
+  cfg: number;
+  seed: number;
+}
+
+/** Which random stream a batch row draws from. */
+export interface RowKey {
+  prompt: number;
+  sample: number;
+}
+
+/**
+ * Chooses image token t for every row of a sampling batch from the decoder's logits
+ * `[rows.length * (guided ? 2 : 1), V]` (float32, row-major): conditional rows first, then,
+ * under guidance (cfg != 1), the unconditional row of each in the same order. Returns one token
+ * per conditional row; the unconditional row of each gets the same token.
+ */
+export function chooseBatchTokens(logits: Float32Array, V: number, rows: readonly RowKey[], settings: DrawSettings, t: number): Int32Array {
+  const n = rows.length;
+  const guided = settings.cfg !== 1;
+  const z = new Float64Array(V);
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    guidedLogits(logits.subarray(i * V, (i + 1) * V), guided ? logits.subarray((n + i) * V, (n + i + 1) * V) : null, settings.cfg, z);
+    out[i] = chooseToken(z, settings, samplerUniform(settings.seed, rows[i]!.prompt, rows[i]!.sample, t));
+  }
+  return out;
 }
