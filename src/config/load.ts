@@ -60,6 +60,8 @@ const NOT_HASHED: readonly (readonly string[])[] = [
   ['dashboard'],
   ['training', 'logEvery'],
   ['data', 'badSamplePolicy'],
+  ['data', 'reader'],
+  ['checkpoint'],
 ];
 
 function canonical(value: unknown): unknown {
