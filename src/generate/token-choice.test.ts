@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseToken, guidedLogits, samplerUniform } from './token-choice.ts';
+import { chooseBatchTokens, chooseToken, guidedLogits, SAMPLER_SITE, samplerUniform } from './token-choice.ts';
 
 const ALL = { temperature: 1, topK: 0, topP: 1 };
 
@@ -67,4 +67,32 @@ test('classifier-free guidance: uncond + scale * (cond - uncond)', () => {
   const out = guidedLogits([1, 2, 3], [0.5, 2, 4], 3, new Float64Array(3));
   assert.deepEqual([...out], [2, 2, 1]);
   assert.deepEqual([...guidedLogits([1, 2], null, 3, new Float64Array(2))], [1, 2]);
+});
+
+test('golden values: the draw contract parti serve reproduces in plain JavaScript', () => {
+  // If these change, images of a seed change: ONNX serving and saved results must follow.
+  assert.equal(SAMPLER_SITE, 1562834255);
+  assert.equal(samplerUniform(0, 0, 0, 0), 0.6521988462191075);
+  assert.equal(samplerUniform(42, 3, 1, 255), 0.37601702963002026);
+  assert.equal(samplerUniform(2 ** 31 - 1, 7, 15, 1023), 0.47621068777516484);
+  const z = Float64Array.from({ length: 16 }, (_, i) => Math.sin(i * 1.7) * 3);
+  assert.deepEqual(
+    [0.1, 0.5, 0.9].map((u) => chooseToken(z.slice(), { temperature: 0.8, topK: 6, topP: 0.9 }, u)),
+    [1, 8, 12],
+  );
+});
+
+test('chooseBatchTokens: conditional rows first, then their unconditional rows', () => {
+  const V = 3;
+  // Row 0 cond favours code 2, its uncond favours code 0; guidance pushes further to code 2.
+  const logits = Float32Array.from([0, 0, 1, /* row 1 cond */ 5, 0, 0, /* row 0 uncond */ 1, 0, 0, /* row 1 uncond */ 0, 0, 0]);
+  const rows = [
+    { prompt: 0, sample: 0 },
+    { prompt: 0, sample: 1 },
+  ];
+  const s = { cfg: 20, temperature: 1, topK: 0, topP: 1, seed: 0 };
+  for (let t = 0; t < 20; t++) assert.deepEqual([...chooseBatchTokens(logits, V, rows, s, t)], [2, 0]);
+  // Without guidance only the first two rows are read.
+  const plain = chooseBatchTokens(logits.subarray(0, 6), V, rows, { ...s, cfg: 1, topK: 1 }, 0);
+  assert.deepEqual([...plain], [2, 0]);
 });
