@@ -7,8 +7,10 @@ import { register as registerLaunch } from './launch.ts';
 import { register as registerCoordinator } from './coordinator.ts';
 import { register as registerWorker } from './worker.ts';
 import { register as registerGenerate } from './generate.ts';
+import { register as registerExport } from './export.ts';
+import { register as registerServe } from './serve.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate];
+export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate, registerExport, registerServe];

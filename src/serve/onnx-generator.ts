@@ -104,6 +104,19 @@ export class OnnxGenerator {
   get channels(): number {
     return this.manifest.image.channels;
   }
+  /** Image tokens per image. */
+  get imageTokens(): number {
+    return this.manifest.image.tokens;
+  }
+  /** Sampling defaults of the export (those of `parti generate`). */
+  get defaults(): OnnxManifest['sampling']['defaults'] {
+    return this.manifest.sampling.defaults;
+  }
+  /** What /healthz reports about the model. */
+  get info(): Record<string, unknown> {
+    const m = this.manifest;
+    return { dir: this.dir, source: m.source, configHash: m.configHash, partiStep: m.partiStep, provider: this.provider, imageSize: m.image.imageSize, imageTokens: m.image.tokens };
+  }
 
   /**
    * Draws image tokens for samples `samples` of prompt `promptIndex` (as `parti generate` with the
