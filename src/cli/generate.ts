@@ -4,7 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { PartiError, usageError } from '../errors.ts';
 import { writeAttentionMaps } from '../generate/attention-maps.ts';
-import { checkSettings, Generator, type GeneratedPrompt, type GenerateSettings, type PromptInput } from '../generate/generator.ts';
+import { checkSettings, Generator, promptTruncated, type GeneratedPrompt, type GenerateSettings, type PromptInput } from '../generate/generator.ts';
 import { gridPng, imagePng } from '../generate/image-grid.ts';
 import { promptFolderName, readPromptFile } from '../generate/prompt-file.ts';
 import { SAMPLER_DEFAULTS } from '../generate/sampler.ts';
@@ -148,8 +148,7 @@ export function register(program: Command): void {
       }
       try {
         for (const [i, p] of prompts.entries()) {
-          const e = gen.runner.tokenizer.encode(p);
-          if (e.truncated) {
+          if (promptTruncated(gen.runner.tokenizer, p)) {
             process.stderr.write(`parti: warning: prompt ${i} is longer than ${gen.runner.tokenizer.maxLength - 2} bytes and was truncated\n`);
           }
         }

@@ -46,6 +46,11 @@ export interface GeneratedPrompt extends PromptInput {
   truncated: boolean;
 }
 
+/** Whether the tokenizer cuts `prompt` (without logging its warning again). */
+export function promptTruncated(tokenizer: TextTokenizer, prompt: string): boolean {
+  return new TextEncoder().encode(prompt).length > tokenizer.maxLength - 2;
+}
+
 /** Checks sampler settings; throws PartiError('usage') naming the flag. */
 export function checkSettings(s: GenerateSettings): void {
   const fail = (flag: string, what: string, v: number) => {
@@ -128,7 +133,7 @@ export class Generator {
     const out: GeneratedPrompt[] = [];
     for (let i = 0; i < prompts.length; i++) {
       const toks = drawn[i]!;
-      const truncated = this.runner.tokenizer.encode(prompts[i]!.prompt).truncated;
+      const truncated = promptTruncated(this.runner.tokenizer, prompts[i]!.prompt);
       if (m === settings.samples) {
         const images = this.decode(toks);
         out.push({ ...prompts[i]!, truncated, images: toks.map((t, j) => ({ candidate: j, tokens: t, image: images[j]! })) });
