@@ -62,6 +62,11 @@ test('Chromium watches `parti coordinator` + 2 `parti worker` processes, through
   assert.ok(before < STEPS, `the page saw the run in progress (step ${before} of ${STEPS})`);
   mkdirSync('test-artifacts', { recursive: true });
   await page.screenshot({ path: join('test-artifacts', 'dashboard-processes.png'), fullPage: true });
+  // Each worker's own step time and throughput, from its step reports (the linear model counts
+  // samples, not tokens, so the column shows samples/s).
+  await page.waitForFunction(() => Array.from(document.querySelectorAll('#workers tbody tr[data-state="training"] td:nth-child(7)')).every((td) => /^\d+(\.\d+)? (ms|s)$/.test(td.textContent ?? '')), null, { timeout: 20_000 });
+  assert.equal(await page.locator('#workers-rate').textContent(), 'Samples/s');
+  for (const rate of await page.locator('#workers tbody tr[data-state="training"] td:nth-child(8)').allTextContents()) assert.ok(Number(rate) > 0, rate);
 
   // SIGKILL a worker: the page shows the failure; a replacement joins and the job recovers.
   w1.proc.kill('SIGKILL');

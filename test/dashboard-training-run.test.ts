@@ -104,6 +104,11 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
   assert.ok(seen < steps, `the page saw the run in progress (step ${seen} of ${steps})`);
   await page.waitForFunction((s) => Number(document.querySelector('#chart-loss')?.getAttribute('data-last-step')) > s + 5, seen, { timeout: 30_000 });
   assert.equal(await page.locator('#chart-loss canvas').count(), 1);
+  // Each worker's own step time and throughput, from its step reports (the linear model counts
+  // samples, not tokens, so the column shows samples/s).
+  await page.waitForFunction(() => Array.from(document.querySelectorAll('#workers tbody tr[data-state="training"] td:nth-child(7)')).every((td) => /^\d+(\.\d+)? (ms|s)$/.test(td.textContent ?? '')), null, { timeout: 20_000 });
+  assert.equal(await page.locator('#workers-rate').textContent(), 'Samples/s');
+  for (const rate of await page.locator('#workers tbody tr[data-state="training"] td:nth-child(8)').allTextContents()) assert.ok(Number(rate) > 0, rate);
 
   // The API answers its schemas while the run goes on.
   const overview = overviewResponseSchema.parse(await (await fetch(`${dash.url}api/overview`)).json());

@@ -131,7 +131,22 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
     // coordinator's own code after this listener has run.
     queueMicrotask(noteCheckpointStart);
     if (e.type === 'step') {
-      // Workers that reported this step: those in the ring.
+      // While listeners run, the phase still holds every rank's report of this step: each worker's
+      // own busy time (compute + all-reduce + optimizer) and its share of the throughput.
+      const p = coordinator.phase;
+      if (p.kind === 'stepping' && p.step === e.step.step) {
+        const seconds = Math.max(e.step.stepMs, 1e-3) / 1000;
+        for (const r of p.reports) {
+          if (!coordinator.members.has(r.workerId)) continue;
+          store.upsertWorker({
+            id: r.workerId,
+            step: e.step.step + 1,
+            stepMs: r.computeMs + r.allReduceMs + r.optimizerMs,
+            tokensPerSec: r.tokens / seconds,
+            samplesPerSec: r.samples / seconds,
+          });
+        }
+      }
       store.recordStep(stepRecordOf(e.step));
       sync();
       return;

@@ -45,6 +45,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const serverNow = () => Date.now() + state.clockOffset;
+/** A model that counts no tokens (the orchestration's linear test model): show samples/s instead. */
+const bySamples = () => !(state.job?.tokensPerSec > 0) && state.job?.samplesPerSec > 0;
 
 // ---- job summary ----
 function renderJob() {
@@ -64,10 +66,8 @@ function renderJob() {
   const eta = j.step > 0 && j.totalSteps > j.step ? (elapsed / j.step) * (j.totalSteps - j.step) : undefined;
   $('s-eta').textContent = `${duration(serverNow() - j.startedAt)} elapsed${eta !== undefined ? ` · ~${duration(eta)} left` : ''}`;
   $('s-loss').textContent = num(j.loss, 4);
-  // A model that counts no tokens (the linear test model) shows samples/s instead.
-  const bySamples = !(j.tokensPerSec > 0) && j.samplesPerSec > 0;
-  $('s-tps-label').textContent = bySamples ? 'Samples/s' : 'Tokens/s';
-  $('s-tps').textContent = num(bySamples ? j.samplesPerSec : j.tokensPerSec);
+  $('s-tps-label').textContent = bySamples() ? 'Samples/s' : 'Tokens/s';
+  $('s-tps').textContent = num(bySamples() ? j.samplesPerSec : j.tokensPerSec);
   $('s-lr').textContent = num(j.lr);
   $('s-workers').textContent = `${j.worldSize} / ${j.targetWorkers}`;
   // Epochs that start at the clock (a restarted coordinator's are newer) are not worth showing.
@@ -89,6 +89,7 @@ function renderWorkers() {
     const lb = liveStates.has(b.state) ? 0 : 1;
     return la - lb || (a.rank ?? 1e9) - (b.rank ?? 1e9) || a.id.localeCompare(b.id);
   });
+  $('workers-rate').textContent = bySamples() ? 'Samples/s' : 'Tokens/s';
   const body = $('workers').tBodies[0];
   body.replaceChildren(
     ...rows.map((w) => {
@@ -104,7 +105,7 @@ function renderWorkers() {
         el('td', { class: `num${stale ? ' warn' : ''}`, title: dateTime(w.lastHeartbeat), text: ago(since) }),
         el('td', { class: 'num', text: w.step ?? '–' }),
         el('td', { class: 'num', text: duration(w.stepMs) }),
-        el('td', { class: 'num', text: num(w.tokensPerSec) }),
+        el('td', { class: 'num', text: num(bySamples() ? w.samplesPerSec : w.tokensPerSec) }),
       );
     }),
   );

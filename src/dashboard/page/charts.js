@@ -5,6 +5,7 @@ import uPlot from './vendor/uPlot.esm.js';
 import { num } from './format.js';
 
 const colors = { loss: '#3b5bdb', tokensPerSec: '#0ca678', samplesPerSec: '#0ca678', lr: '#e8590c' };
+const stepIncrements = [1, 2, 5].flatMap((m) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].map((p) => m * p)).sort((a, b) => a - b);
 const labels = { loss: 'loss', tokensPerSec: 'tokens/s', samplesPerSec: 'samples/s', lr: 'learning rate' };
 
 export class LiveChart {
@@ -31,7 +32,8 @@ export class LiveChart {
       cursor: { drag: { x: true, y: false }, points: { size: 6 } },
       scales: { x: { time: false } },
       axes: [
-        { stroke: '#6b7785', grid: { stroke: '#eef1f4' }, ticks: { stroke: '#e1e5eb' }, size: 32, values: (u, v) => v.map((x) => num(x)) },
+        // Steps are whole numbers: no 1.5 on the x axis.
+        { stroke: '#6b7785', grid: { stroke: '#eef1f4' }, ticks: { stroke: '#e1e5eb' }, size: 32, incrs: stepIncrements, values: (u, v) => v.map((x) => num(x)) },
         { stroke: '#6b7785', grid: { stroke: '#eef1f4' }, ticks: { stroke: '#e1e5eb' }, size: 64, values: (u, v) => v.map((x) => num(x)) },
       ],
       series: [
