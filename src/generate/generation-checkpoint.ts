@@ -105,7 +105,10 @@ async function loadFromDir(ref: string, dir: string): Promise<GenerationCheckpoi
   try {
     config = parseConfig(body.config, `${ref}/config.json`);
   } catch (err) {
-    throw new PartiError('checkpoint', `${ref}: config.json is not a valid parti config (${(err as Error).message})`);
+    // One line: the first problem, and how many more there are.
+    const lines = (err as Error).message.split('\n');
+    const more = lines.length > 1 ? ` and ${lines.length - 1} more` : '';
+    throw new PartiError('checkpoint', `${ref}: config.json is not a valid parti config (${lines[0]}${more})`);
   }
   const partiDir = join(dir, 'parti');
   const parti = await loadTrainingState(partiDir, partiLayout(config.model));
