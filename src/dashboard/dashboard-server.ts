@@ -191,7 +191,10 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
       res.end(text);
       return;
     }
-    if (path === '/api/stream') return openStream(req, res);
+    if (path === '/api/stream') {
+      if (req.method !== 'GET') throw new HttpError(405, 'GET /api/stream (Server-Sent Events)');
+      return openStream(req, res);
+    }
     if (path === '/api/overview') {
       const body: OverviewResponse = {
         job: view.job(),
