@@ -79,7 +79,7 @@ export async function benchAllReduce(o: AllReduceBenchOptions, onRow: (row: AllR
       });
     }
   } finally {
-    await cluster.close();
+    await cluster.close(10_000);
   }
 }
 
