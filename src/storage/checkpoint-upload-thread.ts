@@ -1,4 +1,5 @@
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
+import { setPriority } from 'node:os';
 import type { ObjectStore } from './object-store.ts';
 import { openStore, type OpenStoreOptions } from './open-store.ts';
 import { writeCheckpointObjects, type SnapshotObject } from './checkpoint-writer.ts';
@@ -23,6 +24,17 @@ export type UploadReply =
   | { type: 'done'; id: number; refs: import('./checkpoint-manifest.ts').CheckpointObjectRef[] }
   | { type: 'failed'; id: number; message: string; code: string; reason?: string }
   | { type: 'pong' };
+
+// Linux keeps a nice value per thread: this lowers only the upload thread's, so that hashing and
+// uploading yield the CPU to the training thread when cores are short. Best effort elsewhere.
+const niceness = (workerData as { niceness?: number } | undefined)?.niceness ?? 0;
+if (niceness > 0) {
+  try {
+    setPriority(0, niceness);
+  } catch {
+    // not permitted or not supported: run at normal priority
+  }
+}
 
 let store: ObjectStore | null = null;
 let storeUrl = '';

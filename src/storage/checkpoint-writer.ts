@@ -53,6 +53,11 @@ export interface CheckpointWriterOptions {
    * ArrayBuffer are moved, others are copied.
    */
   transfer?: boolean;
+  /**
+   * Nice value of the upload thread (default 10; 0 leaves it alone). On Linux it applies to that
+   * thread only, so the upload yields the CPU to training when cores are short.
+   */
+  niceness?: number;
 }
 
 /** The writer's lifecycle. */
@@ -90,7 +95,7 @@ export class CheckpointWriter {
   private readonly options: Required<Omit<CheckpointWriterOptions, 'storeOptions'>> & { storeOptions?: OpenStoreOptions };
 
   constructor(options: CheckpointWriterOptions) {
-    this.options = { thread: true, concurrency: 4, transfer: true, ...options };
+    this.options = { thread: true, concurrency: 4, transfer: true, niceness: 10, ...options };
   }
 
   get state(): CheckpointWriterState {
@@ -193,7 +198,7 @@ export class CheckpointWriter {
     // inherit the parent's --import hooks.
     const tsx = import.meta.resolve('tsx/esm/api');
     const code = `(async () => { const { register } = await import(${JSON.stringify(tsx)}); register(); await import(${JSON.stringify(THREAD_URL)}); })();`;
-    const worker = new Worker(code, { eval: true });
+    const worker = new Worker(code, { eval: true, workerData: { niceness: this.options.niceness } });
     worker.on('message', (reply: UploadReply) => {
       if (reply.type === 'pong') return;
       const waiter = this.pending.get(reply.id);
