@@ -21,6 +21,11 @@ async function uninterrupted(name: string, n: number, runtime: Record<string, un
     for (const w of workers) assert.equal(await w.exited, 0);
     assert.equal(await c.exited, 0);
     checkExactlyOnce(cluster.ledger(), STEPS, SAMPLES);
+    const last = c.lines.filter((l) => l.startsWith('{"step"')).at(-1)!;
+    const bytes = (JSON.parse(last) as { optimizerStateBytes: number[] }).optimizerStateBytes;
+    // the linear model has 49 parameters and 2 float32 Adam moments each
+    const expected = runtime.zeroStage === 1 ? [24 * 8, 25 * 8] : Array(n).fill(49 * 8);
+    assert.deepEqual(bytes, expected, 'optimizer-state bytes per worker');
     return cluster;
   } finally {
     await cluster.killAll();
@@ -47,6 +52,14 @@ test('1, 2 and 3 worker processes reach the same parameters; ranks agree bitwise
   assert.ok(maxDiff(one.params('w0'), three.params('w0')) < 1e-4);
   // (bitwise reproducibility across runs of the same world size: the chaos and recovery tests
   // compare their final parameters to this run's)
+});
+
+test('ZeRO-1 across processes: the same parameters as the unsharded run within tolerance, half the optimizer state per worker', { timeout: 90_000 }, async () => {
+  baseline2 ??= (await uninterrupted('base2z', 2)).params('w0');
+  const zero = await uninterrupted('zero', 2, { zeroStage: 1 });
+  assert.deepEqual(zero.params('w0'), zero.params('w1'));
+  const d = maxDiff(zero.params('w0'), baseline2);
+  assert.ok(d < 1e-5, `ZeRO-1 vs unsharded: ${d}`);
 });
 
 /**
