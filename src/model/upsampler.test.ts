@@ -13,15 +13,33 @@ function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
   return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
 }
 
-test('conv2dSame matches tf.conv2d with same padding (3x3 and 5x5)', () => {
+/** A plain JavaScript 'same' convolution, the reference. */
+function naiveConv(x: number[][][][], w: number[][], b: number[], k: number): number[][][][] {
+  const r = (k - 1) / 2;
+  const C = x[0]![0]![0]!.length;
+  return x.map((img) =>
+    img.map((row, y) =>
+      row.map((_, xx) =>
+        b.map((bo, o) => {
+          let acc = bo;
+          for (let dy = 0; dy < k; dy++)
+            for (let dx = 0; dx < k; dx++)
+              for (let c = 0; c < C; c++) acc += (img[y + dy - r]?.[xx + dx - r]?.[c] ?? 0) * w[(dy * k + dx) * C + c]![o]!;
+          return acc;
+        }),
+      ),
+    ),
+  );
+}
+
+test('conv2dSame computes the same-padded convolution (3x3 and 5x5, non-square)', () => {
   for (const k of [3, 5]) {
     tf.tidy(() => {
       const x = tf.randomNormal([2, 6, 5, 3], 0, 1, 'float32', 1) as tf.Tensor4D;
-      const f = tf.randomNormal([k, k, 3, 4], 0, 1, 'float32', 2) as tf.Tensor4D;
+      const w = tf.randomNormal([k * k * 3, 4], 0, 1, 'float32', 2);
       const b = tf.randomNormal([4], 0, 1, 'float32', 3);
-      const ours = conv2dSame(x, tf.reshape(f, [k * k * 3, 4]), b, k);
-      const ref = tf.add(tf.conv2d(x, f, 1, 'same'), b);
-      assert.ok(maxAbsDiff(ours, ref) < 1e-4, `k=${k}`);
+      const ref = naiveConv(x.arraySync(), w.arraySync() as number[][], b.arraySync() as number[], k);
+      assert.ok(maxAbsDiff(conv2dSame(x, w, b, k), tf.tensor(ref)) < 1e-4, `k=${k}`);
     });
   }
 });
@@ -33,23 +51,32 @@ test('pixelShuffle matches tf.depthToSpace', () => {
   });
 });
 
-test('conv2dSame trains on wasm (gradient wrt the filter, which tf.conv2d lacks there)', () => {
-  const g = tf.tidy(() => {
-    const x = tf.randomNormal([1, 4, 4, 2], 0, 1, 'float32', 5) as tf.Tensor4D;
-    const w = tf.randomNormal([18, 3], 0, 1, 'float32', 6);
-    const b = tf.zeros([3]);
-    const f = (w: tf.Tensor) => tf.sum(tf.square(conv2dSame(x, w, b, 3)));
-    const grad = tf.grad(f)(w);
-    // Finite difference on one weight.
-    const eps = 1e-2;
-    const bump = tf.tensor2d([[eps]]);
-    const wp = tf.add(w, tf.pad(bump, [[4, 13], [1, 1]]));
-    const wm = tf.sub(w, tf.pad(bump, [[4, 13], [1, 1]]));
-    const fd = (f(wp).dataSync()[0]! - f(wm).dataSync()[0]!) / (2 * eps);
-    return [grad.arraySync() as number[][], fd] as const;
-  });
-  const [grad, fd] = g;
-  assert.ok(Math.abs(grad[4]![1]! - fd) < 1e-2 * Math.max(1, Math.abs(fd)), `${grad[4]![1]} vs ${fd}`);
+test('conv2dSame gradients (input and filter) match finite differences on wasm', () => {
+  for (const k of [3, 5]) {
+    tf.tidy(() => {
+      const x = tf.randomNormal([2, 5, 4, 2], 0, 1, 'float32', 5) as tf.Tensor4D;
+      const w = tf.randomNormal([k * k * 2, 3], 0, 1, 'float32', 6);
+      const b = tf.zeros([3]);
+      const probe = tf.randomNormal([2, 5, 4, 3], 0, 1, 'float32', 7);
+      const f = (x: tf.Tensor, w: tf.Tensor) => tf.sum(tf.mul(tf.square(conv2dSame(x as tf.Tensor4D, w, b, k)), probe));
+      const [gx, gw] = tf.grads(f)([x, w]);
+      const eps = 1e-2;
+      const check = (g: tf.Tensor, t: tf.Tensor, which: 0 | 1, index: number) => {
+        const flat = t.dataSync().slice();
+        const at = (d: number) => {
+          const v = flat.slice();
+          v[index] = v[index]! + d;
+          const moved = tf.tensor(v, t.shape);
+          return (which === 0 ? f(moved, w) : f(x, moved)).dataSync()[0]!;
+        };
+        const fd = (at(eps) - at(-eps)) / (2 * eps);
+        const an = g.dataSync()[index]!;
+        assert.ok(Math.abs(an - fd) < 2e-2 * Math.max(1, Math.abs(fd)), `k=${k} ${which ? 'filter' : 'input'}[${index}]: ${an} vs ${fd}`);
+      };
+      for (const i of [0, 7, 21, 38]) check(gx!, x, 0, i);
+      for (const i of [0, 5, 17, k * k * 6 - 1]) check(gw!, w, 1, i);
+    });
+  }
 });
 
 test('downsample averages blocks', () => {
