@@ -101,6 +101,7 @@ function describeCheckpoints(label: string, open: () => Promise<ObjectStore>, co
       ['checksum mismatch', async (s: ObjectStore, k: string, b: Buffer) => corrupt(s, k, Buffer.from(b.map((x, i) => (i === 100 ? x ^ 1 : x)))), /optimizer-rank-1\.bin .*checksum mismatch/],
       ['missing object', async (s: ObjectStore, k: string) => s.delete(k), /optimizer-rank-1\.bin .*is missing/],
       ['truncated object', async (s: ObjectStore, k: string, b: Buffer) => corrupt(s, k, b.subarray(0, 1000)), /optimizer-rank-1\.bin .*has 1000 bytes, the manifest says 4096/],
+      ['object longer than listed', async (s: ObjectStore, k: string, b: Buffer) => corrupt(s, k, Buffer.concat([b, b.subarray(0, 1000)])), /optimizer-rank-1\.bin .*has 5096 bytes, the manifest says 4096/],
     ] as const) {
       it(`${what}: a clear error naming the object; latest falls back to the previous checkpoint and says so`, async () => {
         const store = await open();

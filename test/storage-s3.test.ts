@@ -33,7 +33,7 @@ describeObjectStore('s3:// (s3rver)', {
 });
 
 /** What the fault proxy does with one request. */
-type Fault = { kind: 'pass' } | { kind: 'status'; status: number; code: string } | { kind: 'cut'; afterBytes: number };
+type Fault = { kind: 'pass' } | { kind: 'hang' } | { kind: 'status'; status: number; code: string } | { kind: 'cut'; afterBytes: number };
 
 /**
  * An HTTP proxy in front of s3rver that injects faults: error answers (503 SlowDown, 500, 403) and
@@ -45,6 +45,7 @@ async function startFaultProxy(upstream: string, decide: (req: http.IncomingMess
   const proxy = http.createServer((req, res) => {
     seen.push({ method: req.method!, url: req.url!, range: req.headers.range });
     const fault = decide(req, seen.length);
+    if (fault.kind === 'hang') return; // read nothing, answer nothing
     if (fault.kind === 'status') {
       req.resume();
       req.on('end', () => {
@@ -176,6 +177,18 @@ describe('S3Store under faults', () => {
       await assert.rejects(store.head('gone/obj'), (err: unknown) => err instanceof StorageError && err.reason === 'network' && /gone\/obj/.test(err.message));
     } finally {
       await store.close();
+    }
+  });
+
+  it('fails with reason timeout when the service stops answering', async () => {
+    const proxy = await startFaultProxy(server.endpoint, () => ({ kind: 'hang' }));
+    const store = new S3Store(`s3://${server.bucket}/faults`, { endpoint: proxy.endpoint, credentials: server.credentials, maxAttempts: 2, idleTimeoutMs: 300 });
+    try {
+      await assert.rejects(store.get('hung/obj'), (err: unknown) => err instanceof StorageError && err.reason === 'timeout' && /hung\/obj/.test(err.message));
+      assert.equal(proxy.seen.length, 2, 'a timeout is retried');
+    } finally {
+      await store.close();
+      await proxy.close();
     }
   });
 

@@ -32,6 +32,8 @@ function asChunks(bytes: ObjectBytes): Buffer[] {
 
 /** Objects up to this size are joined and sent as one buffer (retried whole); larger ones stream. */
 const JOIN_LIMIT = 8 << 20;
+/** Pieces a large object is streamed (and hashed) in. */
+const PIECE = 4 << 20;
 
 /** Options of writeCheckpointObject. */
 export interface WriteObjectOptions {
@@ -54,16 +56,32 @@ export async function writeCheckpointObject(
   const parsedName = objectNameSchema.safeParse(name);
   if (!parsedName.success) throw new PartiError('checkpoint', `checkpoint object name ${JSON.stringify(name)}: ${parsedName.error.issues[0]?.message}`);
   const chunks = asChunks(bytes);
+  const size = chunks.reduce((n, c) => n + c.length, 0);
   const hash = createHash('sha256');
-  let size = 0;
-  for (const c of chunks) {
-    hash.update(c);
-    size += c.length;
-  }
   const key = objectKey(step, name);
-  const body = chunks.length === 1 ? chunks[0]! : size <= JOIN_LIMIT ? Buffer.concat(chunks, size) : Readable.from(chunks, { objectMode: false });
   trace('object', { step, name, size });
-  await store.put(key, body, { signal: options.signal, contentType: 'application/octet-stream' });
+  if (size <= JOIN_LIMIT) {
+    // Small: one buffer, which the store can resend whole on a retry.
+    const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+    hash.update(body);
+    await store.put(key, body, { signal: options.signal, contentType: 'application/octet-stream' });
+  } else {
+    // Large: hash each piece as the store pulls it, so that hashing overlaps the write instead of
+    // adding a second pass over the bytes. The store reads the stream once (multipart parts are
+    // buffered by the uploader and resent from there on a retry).
+    let hashed = 0;
+    function* pieces(): Generator<Buffer> {
+      for (const c of chunks)
+        for (let at = 0; at < c.length; at += PIECE) {
+          const piece = c.subarray(at, Math.min(c.length, at + PIECE));
+          hash.update(piece);
+          hashed += piece.length;
+          yield piece;
+        }
+    }
+    await store.put(key, Readable.from(pieces(), { objectMode: false }), { signal: options.signal, contentType: 'application/octet-stream' });
+    if (hashed !== size) throw new PartiError('internal', `checkpoint object ${key}: the store read ${hashed} of ${size} bytes`);
+  }
   return { name, key, size, sha256: hash.digest('hex') };
 }
 

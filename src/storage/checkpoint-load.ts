@@ -112,15 +112,30 @@ async function loadStep(store: ObjectStore, step: number, options: LoadOptions):
       if (info.size !== ref.size) throw new PartiError('checkpoint', `${what} has ${info.size} bytes, the manifest says ${ref.size} (truncated or replaced)`);
       continue;
     }
-    let bytes: Buffer;
+    // Stream it, hashing each piece as it arrives (overlapping the read), into a buffer of the
+    // size the manifest promises; more or fewer bytes than that is a truncated or replaced object.
+    let stream;
     try {
-      bytes = await store.get(ref.key, { signal: options.signal });
+      stream = await store.getStream(ref.key, { signal: options.signal });
     } catch (err) {
       if (err instanceof StorageError && err.reason === 'not-found') throw new PartiError('checkpoint', `${what} is missing`);
       throw err;
     }
-    if (bytes.length !== ref.size) throw new PartiError('checkpoint', `${what} has ${bytes.length} bytes, the manifest says ${ref.size} (truncated or replaced)`);
-    const sha = createHash('sha256').update(bytes).digest('hex');
+    const bytes = Buffer.allocUnsafe(ref.size);
+    const hash = createHash('sha256');
+    let got = 0;
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      if (got + chunk.length > ref.size) {
+        stream.destroy();
+        const info = await store.head(ref.key);
+        throw new PartiError('checkpoint', `${what} has ${info?.size ?? 'more than ' + ref.size} bytes, the manifest says ${ref.size} (replaced)`);
+      }
+      chunk.copy(bytes, got);
+      hash.update(chunk);
+      got += chunk.length;
+    }
+    if (got !== ref.size) throw new PartiError('checkpoint', `${what} has ${got} bytes, the manifest says ${ref.size} (truncated or replaced)`);
+    const sha = hash.digest('hex');
     if (sha !== ref.sha256) throw new PartiError('checkpoint', `${what}: checksum mismatch (sha256 ${sha.slice(0, 12)}…, the manifest says ${ref.sha256.slice(0, 12)}…)`);
     objects.set(ref.name, bytes);
   }

@@ -103,7 +103,7 @@ export class FileStore implements ObjectStore {
       return Readable.from([]);
     }
     // The stream owns the handle from here and closes it when it ends or fails.
-    return handle.createReadStream({ start, end, signal: options.signal });
+    return handle.createReadStream({ start, end, signal: options.signal, highWaterMark: 1 << 20 });
   }
 
   async put(key: string, body: Buffer | Uint8Array | Readable, options: PutOptions = {}): Promise<void> {

@@ -147,7 +147,8 @@ export class S3Store implements ObjectStore {
       retryMode: 'standard',
       requestHandler: {
         connectionTimeout: options.connectTimeoutMs ?? 10_000,
-        requestTimeout: options.idleTimeoutMs ?? 120_000,
+        // An idle socket fails (TimeoutError, retried); a long transfer that keeps moving does not.
+        socketTimeout: options.idleTimeoutMs ?? 120_000,
         httpAgent: new HttpAgent(agentOptions),
         httpsAgent: new HttpsAgent(agentOptions),
       },
