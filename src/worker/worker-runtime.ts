@@ -299,8 +299,9 @@ export class WorkerRuntime {
     if (cmd.abort) {
       if (cmd.abort.epoch >= this.epoch) {
         this.abortedEpoch = Math.max(this.abortedEpoch, cmd.abort.epoch);
-        this.pending = null;
-        this.queue = this.queue.filter((c) => c.reconfigure || c.stop || (c as { streamEnd?: boolean }).streamEnd);
+        // Steps and checkpoints of the epoch are dropped; a queued commit is a decision already
+        // taken (every rank reduced that step) and still applies.
+        this.queue = this.queue.filter((c) => !c.step && !c.checkpoint);
         this.opts.collective.abort(cmd.abort.reason);
         this.log.info({ epoch: cmd.abort.epoch, reason: cmd.abort.reason }, 'epoch aborted');
       }
@@ -331,21 +332,23 @@ export class WorkerRuntime {
         this.log.info({ reason: cmd.stop.reason }, 'stopping');
         this.stop(cmd.stop.reason);
       } else if (cmd.reconfigure) {
+        // an epoch aborted before this worker even entered it
+        if (cmd.reconfigure.epoch <= this.abortedEpoch) return;
         await this.reconfigure(cmd.reconfigure);
-      } else if (epoch <= this.abortedEpoch) {
-        return; // a command of an aborted epoch that was already queued
-      } else if (cmd.step) {
-        await this.runStep(cmd.step);
       } else if (cmd.commit) {
         await this.commit(cmd.commit.epoch, cmd.commit.step);
+      } else if (epoch <= this.abortedEpoch) {
+        return; // a step or checkpoint of an aborted epoch that was already queued
+      } else if (cmd.step) {
+        await this.runStep(cmd.step);
       } else if (cmd.checkpoint) {
         await this.checkpoint(cmd.checkpoint.step);
       }
     } catch (err) {
       const e = PartiError.from(err);
-      if (epoch <= this.abortedEpoch && e.code === 'collective-aborted') return;
-      this.log.warn({ epoch, err: e.message, code: e.code, stack: e.code === 'internal' ? (e.cause as Error | undefined)?.stack ?? e.stack : undefined }, 'command failed');
       this.state = 'idle';
+      if (epoch <= this.abortedEpoch && e.code === 'collective-aborted' && !cmd.commit) return;
+      this.log.warn({ epoch, err: e.message, code: e.code, stack: e.code === 'internal' ? (e.cause as Error | undefined)?.stack ?? e.stack : undefined }, 'command failed');
       await this.report({ kind: 'FAILED', epoch, step: this.version, error: `${e.code}: ${e.message}` }).catch(() => {});
     }
   }
