@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
-import { runCoordinator } from '../coordinator/coordinator-process.ts';
 import { usageError } from '../errors.ts';
 
 function int(flag: string, min: number) {
@@ -27,6 +26,8 @@ export function register(program: Command): void {
     .option('--ledger <file>', 'test mode: write the exactly-once ledger here (relative to the run dir)')
     .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string }) => {
       const config = loadConfig(o.config);
+      // loaded here, not at start-up: every `parti` command imports this module
+      const { runCoordinator } = await import('../coordinator/coordinator-process.ts');
       const result = await runCoordinator(config, {
         runDir: o.runDir,
         jobId: o.jobId,

@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
 import { usageError } from '../errors.ts';
-import { runWorker } from '../worker/worker-process.ts';
 
 function hostPort(flag: string) {
   return (v: string): string => {
@@ -24,6 +23,8 @@ export function register(program: Command): void {
     .option('--params-out <file>', 'write the final parameters (float32) here when the job ends')
     .action(async (o: { coordinator: string; config: string; runDir: string; jobId?: string; listen?: string; advertise?: string; paramsOut?: string }) => {
       const config = loadConfig(o.config);
+      // loaded here, not at start-up: every `parti` command imports this module
+      const { runWorker } = await import('../worker/worker-process.ts');
       const exit = await runWorker(config, o);
       process.stdout.write(`${JSON.stringify({ worker: 'stopped', ...exit })}\n`);
     });

@@ -14,7 +14,6 @@ import { checkpointUrl } from '../coordinator/protocol.ts';
 import { log } from '../observability/log.ts';
 import { CheckpointShards } from './checkpoint-shards.ts';
 import { LinearModel } from './linear-model.ts';
-import { PartiWorkerModel } from './parti-model.ts';
 import type { Trainable } from './trainable.ts';
 import { WorkerRuntime, type WorkerExit } from './worker-runtime.ts';
 
@@ -39,7 +38,8 @@ export function workerModelFactory(config: Config, runDir: string): () => Promis
     return async () =>
       new LinearModel({ dim: t.dim, seed: config.training.seed, lr: t.lr, nonFiniteSamples: t.nonFiniteSamples, stepDelayMs: t.stepDelayMs });
   }
-  return () => PartiWorkerModel.create(config, runDir);
+  // tfjs and the model load only when the real model is trained
+  return async () => (await import('./parti-model.ts')).PartiWorkerModel.create(config, runDir);
 }
 
 export async function runWorker(config: Config, o: WorkerProcessOptions): Promise<WorkerExit> {
