@@ -8,6 +8,7 @@ interface ServeFlags {
   host: string;
   provider: string;
   threads?: string;
+  spinning?: boolean;
   concurrency: string;
   queue: string;
   timeoutMs: string;
@@ -36,6 +37,7 @@ export function register(program: Command): void {
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--provider <name>', 'ONNX Runtime execution provider: cpu or cuda', 'cpu')
     .option('--threads <n>', 'ONNX Runtime intra-op threads (default: its choice)')
+    .option('--spinning', "let ONNX Runtime's pool threads spin waiting for work (faster on an idle dedicated machine, much slower on a shared one)")
     .option('--concurrency <n>', 'generations at once', '1')
     .option('--queue <n>', 'requests that may wait for a slot before 429', '8')
     .option('--timeout-ms <ms>', 'per-request deadline, queue wait included', '60000')
@@ -57,7 +59,7 @@ export function register(program: Command): void {
       const threads = f.threads === undefined ? undefined : int('--threads', f.threads, 1);
       const { OnnxGenerator } = await import('../serve/onnx-generator.ts');
       const { startImageServer } = await import('../serve/image-server.ts');
-      const gen = await OnnxGenerator.load(f.onnx, { provider: f.provider, intraOpThreads: threads });
+      const gen = await OnnxGenerator.load(f.onnx, { provider: f.provider, intraOpThreads: threads, spinning: f.spinning ?? false });
       const running = await startImageServer(gen, opts);
       process.stdout.write(`listening on ${running.url}\n`);
       await new Promise<void>((resolve) => {

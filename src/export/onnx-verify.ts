@@ -78,7 +78,9 @@ export async function verifyOnnxExport(src: ExportSource, dir: string, manifest:
   const diffs: OutputDiff[] = [];
   const note = (graph: string, output: string, a: ArrayLike<number>, b: ArrayLike<number>) =>
     diffs.push({ graph, output, maxAbsDiff: maxAbsDiff(a, b), size: a.length });
-  const session = (file: string) => ort.InferenceSession.create(join(dir, file), { executionProviders: ['cpu'] });
+  // No spinning pool threads: verification runs each graph once, on a machine doing other work.
+  const session = (file: string) =>
+    ort.InferenceSession.create(join(dir, file), { executionProviders: ['cpu'], extra: { session: { intra_op: { allow_spinning: '0' } } } });
   const randInts = (n: number, max: number) => Int32Array.from({ length: n }, () => Math.floor(rng.next() * max));
   const randNormal = (n: number, std = 1) => Float32Array.from({ length: n }, () => rng.normal() * std);
   // Text masks: row b has a random number (>= 2) of real tokens, then padding.
