@@ -24,7 +24,8 @@ export function register(program: Command): void {
     .option('--min-workers <n>', 'fewest workers it keeps training with (default runtime.minWorkers)', int('--min-workers', 1))
     .option('--steps <n>', 'optimizer steps (default: the stage config)', int('--steps', 1))
     .option('--ledger <file>', 'test mode: write the exactly-once ledger here (relative to the run dir)')
-    .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string }) => {
+    .option('--stop-with-parent', 'checkpoint and stop when the parent process goes away (used by parti train)')
+    .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string; stopWithParent?: boolean }) => {
       const config = loadConfig(o.config);
       // loaded here, not at start-up: every `parti` command imports this module
       const { runCoordinator } = await import('../coordinator/coordinator-process.ts');
@@ -37,6 +38,7 @@ export function register(program: Command): void {
         minWorkers: o.minWorkers,
         steps: o.steps,
         ledger: o.ledger,
+        stopWithParent: o.stopWithParent,
         onDashboard: (url) => process.stdout.write(`dashboard: ${url}\n`),
         onListening: (address) => process.stdout.write(`coordinator listening on ${address}\n`),
         onStep: (s) =>

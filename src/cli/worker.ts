@@ -21,7 +21,8 @@ export function register(program: Command): void {
     .option('--listen <host:port>', 'collective endpoint (default runtime.workerHost:workerPort)', hostPort('--listen'))
     .option('--advertise <host:port>', 'address peers reach the collective endpoint at (e.g. the pod IP)', hostPort('--advertise'))
     .option('--params-out <file>', 'write the final parameters (float32) here when the job ends')
-    .action(async (o: { coordinator: string; config: string; runDir: string; jobId?: string; listen?: string; advertise?: string; paramsOut?: string }) => {
+    .option('--stop-with-parent', 'leave when the parent process goes away (used by parti train)')
+    .action(async (o: { coordinator: string; config: string; runDir: string; jobId?: string; listen?: string; advertise?: string; paramsOut?: string; stopWithParent?: boolean }) => {
       const config = loadConfig(o.config);
       // loaded here, not at start-up: every `parti` command imports this module
       const { runWorker } = await import('../worker/worker-process.ts');

@@ -23,6 +23,8 @@ export interface CoordinatorProcessOptions extends JobOverrides {
   onStep?: (s: StepSummary) => void;
   /** Stop on these signals (default SIGINT and SIGTERM). */
   signals?: NodeJS.Signals[];
+  /** Stop (checkpoint first) when the parent process goes away (a local launcher that was killed). */
+  stopWithParent?: boolean;
 }
 
 /** Runs a job's coordinator to the end; resolves with the final step and why it ended. */
@@ -39,6 +41,9 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
   const signals = o.signals ?? ['SIGINT', 'SIGTERM'];
   const onSignal = (sig: NodeJS.Signals) => coordinator.requestStop(`${sig}`);
   for (const s of signals) process.on(s, onSignal);
+  const parent = process.ppid;
+  const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && coordinator.requestStop('the launcher is gone'), 1000) : null;
+  parentWatch?.unref();
   if (o.onStep) coordinator.subscribe((e) => e.type === 'step' && o.onStep!(e.step));
   let dashboard: CoordinatorDashboard | null = null;
   if (config.dashboard.enabled) {
@@ -65,6 +70,7 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     return { ...done, skippedSteps: coordinator.skippedSteps };
   } finally {
     for (const s of signals) process.off(s, onSignal);
+    if (parentWatch) clearInterval(parentWatch);
     coordinator.close();
     await server.close();
     await dashboard?.close();

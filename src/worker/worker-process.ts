@@ -29,6 +29,8 @@ export interface WorkerProcessOptions {
   advertise?: string;
   /** Write the final parameters here (float32, little-endian) when the job ends. */
   paramsOut?: string;
+  /** Leave when the parent process goes away (a local launcher that was killed). */
+  stopWithParent?: boolean;
 }
 
 /** The model a config trains on a worker. */
@@ -71,6 +73,9 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
   const onSignal = (sig: NodeJS.Signals) => void runtime.requestLeave(sig);
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  const parent = process.ppid;
+  const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && void runtime.requestLeave('the launcher is gone'), 1000) : null;
+  parentWatch?.unref();
   try {
     const exit = await runtime.run();
     log.child({ role: 'worker' }).info({ reason: exit.reason, applied: exit.applied }, 'worker stopped');
@@ -83,5 +88,6 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
   } finally {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    if (parentWatch) clearInterval(parentWatch);
   }
 }
