@@ -28,8 +28,9 @@ export const runtimeSchema = z.strictObject({
   /** A worker silent for this long (no heartbeat, or its command stream closed) is declared dead (milliseconds). */
   failureTimeoutMs: z.number().int().min(50).max(600_000).default(3_000),
   /**
-   * A step (compute, all-reduce, report) that takes longer than this is aborted and redone
-   * (milliseconds). Also the deadline of each collective call a worker makes.
+   * A step (compute, all-reduce, report), a re-form (with its state hand-over) or a checkpoint that
+   * takes longer than this is aborted and redone (milliseconds). Also the deadline of each
+   * collective call a worker makes.
    */
   stepDeadlineMs: z.number().int().min(100).default(600_000),
   /** A worker that cannot reach its coordinator keeps trying this long before it gives up (a restarted coordinator comes back within it) (milliseconds). */

@@ -78,9 +78,9 @@ interface Member {
 export type CoordinatorPhase =
   | { kind: 'waiting-for-workers' }
   | { kind: 'between-steps' }
-  | { kind: 'forming'; epoch: number; pending: Set<string> }
+  | { kind: 'forming'; epoch: number; pending: Set<string>; startedAt: number }
   | { kind: 'stepping'; epoch: number; step: number; pending: Set<string>; reports: StepReport[]; startedAt: number }
-  | { kind: 'checkpointing'; epoch: number; step: number; pending: Set<string>; objects: CheckpointObject[] }
+  | { kind: 'checkpointing'; epoch: number; step: number; pending: Set<string>; objects: CheckpointObject[]; startedAt: number }
   | { kind: 'backoff'; until: number }
   | { kind: 'done'; reason: string };
 
@@ -320,8 +320,8 @@ export class Coordinator {
       if (now - m.lastHeartbeat > this.opts.failureTimeoutMs) this.removeMember(m.id, `no heartbeat for ${now - m.lastHeartbeat} ms`);
     }
     const p = this.phase;
-    if (p.kind === 'stepping' && now - p.startedAt > this.opts.stepDeadlineMs) {
-      this.abortEpoch(`step ${p.step} passed its deadline of ${this.opts.stepDeadlineMs} ms`);
+    if ((p.kind === 'stepping' || p.kind === 'forming' || p.kind === 'checkpointing') && now - p.startedAt > this.opts.stepDeadlineMs) {
+      this.abortEpoch(`${p.kind === 'stepping' ? `step ${p.step}` : p.kind} passed its deadline of ${this.opts.stepDeadlineMs} ms`);
     } else if (p.kind === 'backoff' && now >= p.until) {
       this.phase = { kind: 'between-steps' };
       this.advance();
@@ -450,7 +450,7 @@ export class Coordinator {
     const peers = members.map((m) => m.collectiveAddress);
     this.event('reform', `membership epoch ${this.epoch}: ${ring.length} workers [${members.map((m) => m.name).join(', ')}] at step ${this.step}` +
       (syncFrom >= 0 ? `, state from rank ${syncFrom}` : '') + (restoreStep >= 0 ? `, restoring checkpoint ${restoreStep}` : '') + (reset ? ', from initialization' : ''));
-    this.phase = { kind: 'forming', epoch: this.epoch, pending: new Set(ring) };
+    this.phase = { kind: 'forming', epoch: this.epoch, pending: new Set(ring), startedAt: Date.now() };
     ring.forEach((id, rank) =>
       this.send(id, {
         reconfigure: { epoch: this.epoch, rank, peers, syncFromRank: syncFrom, restoreStep: reset ? -2 : restoreStep, step: this.step },
@@ -532,7 +532,7 @@ export class Coordinator {
   }
 
   private startCheckpoint(): void {
-    this.phase = { kind: 'checkpointing', epoch: this.epoch, step: this.step, pending: new Set(this.ring), objects: [] };
+    this.phase = { kind: 'checkpointing', epoch: this.epoch, step: this.step, pending: new Set(this.ring), objects: [], startedAt: Date.now() };
     for (const id of this.ring) this.send(id, { checkpoint: { step: this.step, epoch: this.epoch } });
   }
 
