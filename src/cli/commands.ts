@@ -9,8 +9,9 @@ import { register as registerWorker } from './worker.ts';
 import { register as registerGenerate } from './generate.ts';
 import { register as registerExport } from './export.ts';
 import { register as registerServe } from './serve.ts';
+import { register as registerCerts } from './certs.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate, registerExport, registerServe];
+export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate, registerExport, registerServe, registerCerts];

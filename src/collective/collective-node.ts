@@ -1,6 +1,6 @@
 import { PartiError } from '../errors.ts';
 import { tracer } from '../observability/log.ts';
-import type { Frame } from './frame.ts';
+import { sameToken, type Frame } from './frame.ts';
 import {
   ringAllGather,
   ringAllReduce,
@@ -34,6 +34,12 @@ export interface CollectiveNodeOptions {
   maxMessageBytes?: number;
   /** Most elements a broadcast may announce. Default 2^30. */
   maxBroadcastElements?: number;
+  /**
+   * Most payload bytes held for collectives that have not asked for them yet (frames that arrive
+   * early). Past it the epoch fails with 'refused': a peer cannot make us buffer without bound.
+   * Default 1 GiB.
+   */
+  maxPendingBytes?: number;
 }
 
 /** Options of one collective call; unset fields take the node's defaults. */
@@ -91,6 +97,7 @@ interface Resolved {
   compress: WireCompression;
   maxMessageBytes: number;
   maxBroadcastElements: number;
+  maxPendingBytes: number;
 }
 
 function resolveOptions(o: CollectiveNodeOptions): Resolved {
@@ -103,6 +110,7 @@ function resolveOptions(o: CollectiveNodeOptions): Resolved {
     compress: o.compress ?? 'none',
     maxMessageBytes: o.maxMessageBytes ?? 64 << 20,
     maxBroadcastElements: o.maxBroadcastElements ?? 2 ** 30,
+    maxPendingBytes: o.maxPendingBytes ?? 2 ** 30,
   };
   if (!r.jobId) throw new PartiError('usage', 'collective node: jobId must not be empty');
   if (!Number.isInteger(r.chunkBytes) || r.chunkBytes < 16 || r.chunkBytes % 4 !== 0) {
@@ -144,6 +152,8 @@ export class CollectiveNode {
   /** The latest transport session; closed when its epoch fails or a new one is configured. */
   private session: TransportSession | null = null;
   private readonly mailbox = new Map<string, Uint8Array>();
+  /** Payload bytes in `mailbox` (bounded by maxPendingBytes). */
+  private pendingBytes = 0;
   private readonly waiters = new Map<string, Waiter>();
   private readonly counters: CollectiveNodeStats = { refusedFrames: 0, bytesSent: 0, bytesReceived: 0, collectives: 0, aborts: 0 };
 
@@ -190,6 +200,7 @@ export class CollectiveNode {
     }
     this.fail(new PartiError('collective-aborted', `membership epoch ${epoch} replaced epoch ${this.epoch}`), false);
     this.mailbox.clear();
+    this.pendingBytes = 0;
     this.session?.close();
     const m: Membership = { jobId: this.opts.jobId, jobToken: this.opts.jobToken, epoch, rank, peers: [...peers] };
     let fail!: (e: PartiError) => void;
@@ -342,6 +353,7 @@ export class CollectiveNode {
         const got = this.mailbox.get(key);
         if (got) {
           this.mailbox.delete(key);
+          this.pendingBytes -= got.byteLength;
           return Promise.resolve(got);
         }
         if (this.state !== st) return st.failed;
@@ -353,9 +365,22 @@ export class CollectiveNode {
   private onFrame(m: Membership, f: Frame): void {
     const st = this.state;
     if (st.kind !== 'ready' || st.m !== m) return; // a late frame of a closed session
-    if (f.jobId !== m.jobId || f.epoch !== m.epoch || f.fromRank >= m.peers.length) {
+    if (f.jobId !== m.jobId || f.epoch !== m.epoch || f.fromRank >= m.peers.length || f.fromRank === m.rank) {
       this.counters.refusedFrames++;
       trace('refused frame', { job: f.jobId, epoch: f.epoch, from: f.fromRank });
+      return;
+    }
+    // The receiving side's check of the sender (the subscriber is the receiver in the gRPC pull
+    // model, so the sender's server checked our token and we check the sender's here).
+    if (!sameToken(f.jobToken, m.jobToken)) {
+      this.counters.refusedFrames++;
+      const why = f.jobToken.byteLength === 0 ? 'without the job token' : 'with a wrong job token';
+      this.fail(new PartiError('refused', `rank ${f.fromRank} (${m.peers[f.fromRank]}) sent a frame ${why}`), true);
+      return;
+    }
+    if (f.kind === 'data' && (f.phase < 1 || f.phase > 4)) {
+      this.counters.refusedFrames++;
+      this.fail(new PartiError('refused', `rank ${f.fromRank} sent a frame of unknown phase ${f.phase}`), true);
       return;
     }
     if (f.kind === 'abort') {
@@ -373,7 +398,14 @@ export class CollectiveNode {
     if (w) {
       this.waiters.delete(key);
       w.resolve(f.payload);
-    } else this.mailbox.set(key, f.payload);
+    } else {
+      const prev = this.mailbox.get(key);
+      this.pendingBytes += f.payload.byteLength - (prev?.byteLength ?? 0);
+      this.mailbox.set(key, f.payload);
+      if (this.pendingBytes > this.opts.maxPendingBytes) {
+        this.fail(new PartiError('refused', `rank ${f.fromRank} sent ${this.pendingBytes} bytes ahead of the collectives (cap ${this.opts.maxPendingBytes})`), true);
+      }
+    }
   }
 
   /** Ends the current epoch with `err`: rejects every waiter, tells peers (if `propagate`), closes links. */
@@ -387,6 +419,7 @@ export class CollectiveNode {
     for (const w of this.waiters.values()) w.reject(err);
     this.waiters.clear();
     this.mailbox.clear();
+    this.pendingBytes = 0;
     if (propagate) {
       const { m } = st;
       for (let to = 0; to < m.peers.length; to++) {

@@ -1,4 +1,5 @@
 import { PartiError } from '../errors.ts';
+import { constantTimeEqual } from '../security/constant-time.ts';
 
 /** What a frame is: tensor bytes of a collective, or the news that the sender aborted the epoch. */
 export type FrameKind = 'data' | 'abort';
@@ -34,6 +35,8 @@ export interface SubscribeRequest {
   rank: number;
   stream: number;
   jobToken: Uint8Array;
+  /** The config hash of the caller's job (src/config/load.ts configHash); empty when not checked. */
+  configHash: string;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -104,8 +107,23 @@ class FieldWriter {
   }
 }
 
-/** Reads protobuf fields; `bytes` fields come back as views of the input. */
-function readFields(buf: Uint8Array, what: string, visit: (field: number, v: number | Uint8Array) => void): void {
+/** Fields that are length-delimited (string/bytes) in a message, by field number; the rest are varints. */
+const FRAME_BYTES_FIELDS = new Set([1, 9, 10, 14, 15]);
+const SUBSCRIBE_BYTES_FIELDS = new Set([1, 5, 6]);
+const FRAME_VARINT_FIELDS = new Set([2, 3, 4, 5, 6, 7, 8]);
+const SUBSCRIBE_VARINT_FIELDS = new Set([2, 3, 4]);
+
+/**
+ * Reads protobuf fields; `bytes` fields come back as views of the input. A known field with the
+ * wrong wire type is refused (protobuf would reject it too): values from the network are checked
+ * before anything uses them as numbers or bytes.
+ */
+function readFields(
+  buf: Uint8Array,
+  what: string,
+  visit: (field: number, v: number | Uint8Array) => void,
+  known?: { bytes: ReadonlySet<number>; varint: ReadonlySet<number> },
+): void {
   let pos = 0;
   const varint = (): number => {
     let v = 0;
@@ -123,8 +141,15 @@ function readFields(buf: Uint8Array, what: string, visit: (field: number, v: num
     const key = varint();
     const field = Math.floor(key / 8);
     const wire = key & 7;
-    if (wire === 0) visit(field, varint());
-    else if (wire === 2) {
+    if (known && ((wire === 0 && known.bytes.has(field)) || (wire === 2 && known.varint.has(field)))) {
+      throw new PartiError('refused', `${what}: field ${field} has the wrong wire type ${wire}`);
+    }
+    if (wire === 0) {
+      const v = varint();
+      // Every varint field is a count, rank or id: past 2^53 it is not a number JS can hold exactly.
+      if (!Number.isSafeInteger(v)) throw new PartiError('refused', `${what}: field ${field} is out of range`);
+      visit(field, v);
+    } else if (wire === 2) {
       const len = varint();
       if (pos + len > buf.length) throw new PartiError('refused', `${what}: field ${field} overruns the message`);
       visit(field, buf.subarray(pos, pos + len));
@@ -221,7 +246,7 @@ export function decodeFrame(buf: Uint8Array): Frame {
       case 15: f.payload = v as Uint8Array; break;
       default: break; // unknown fields are skipped, as protobuf does
     }
-  });
+  }, { bytes: FRAME_BYTES_FIELDS, varint: FRAME_VARINT_FIELDS });
   return f;
 }
 
@@ -232,25 +257,24 @@ export function encodeSubscribeRequest(r: SubscribeRequest): Buffer {
     .uint(3, r.rank)
     .uint(4, r.stream)
     .bytes(5, r.jobToken)
+    .string(6, r.configHash)
     .finish();
 }
 
 export function decodeSubscribeRequest(buf: Uint8Array): SubscribeRequest {
-  const r: SubscribeRequest = { jobId: '', epoch: 0, rank: 0, stream: 0, jobToken: EMPTY };
+  const r: SubscribeRequest = { jobId: '', epoch: 0, rank: 0, stream: 0, jobToken: EMPTY, configHash: '' };
   readFields(buf, 'subscribe request', (field, v) => {
     if (field === 1) r.jobId = utf8.decode(v as Uint8Array);
     else if (field === 2) r.epoch = v as number;
     else if (field === 3) r.rank = v as number;
     else if (field === 4) r.stream = v as number;
     else if (field === 5) r.jobToken = v as Uint8Array;
-  });
+    else if (field === 6) r.configHash = utf8.decode(v as Uint8Array);
+  }, { bytes: SUBSCRIBE_BYTES_FIELDS, varint: SUBSCRIBE_VARINT_FIELDS });
   return r;
 }
 
-/** Constant-time-ish equality of two job tokens (both empty = equal). */
+/** Constant-time equality of two job tokens (both empty = equal); hides the expected length too. */
 export function sameToken(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.byteLength !== b.byteLength) return false;
-  let diff = 0;
-  for (let i = 0; i < a.byteLength; i++) diff |= a[i]! ^ b[i]!;
-  return diff === 0;
+  return constantTimeEqual(a, b);
 }

@@ -1,6 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { PartiError } from '../errors.ts';
-import { tracer } from '../observability/log.ts';
+import { log, tracer } from '../observability/log.ts';
+import type { JobSecurity } from '../security/job-security.ts';
+import { channelCredentials, channelTlsOptions, resolveBindAddress, serverCredentials, type PlaintextBindPolicy, type TlsMaterial } from '../security/tls-credentials.ts';
 import { CollectiveNode, type CollectiveNodeOptions } from './collective-node.ts';
 import {
   decodeFrame,
@@ -40,6 +42,22 @@ const serviceDefinition: grpc.ServiceDefinition = {
 export interface GrpcTransportOptions {
   jobId: string;
   jobToken?: Uint8Array;
+  /**
+   * The job's config hash: sent in every subscription, and subscriptions with another are refused.
+   * Unset: not checked (and an empty one sent).
+   */
+  configHash?: string;
+  /**
+   * Mutual TLS: the server requires a client certificate signed by the CA, clients verify the
+   * server's. Unset or null: plaintext.
+   */
+  tls?: TlsMaterial | null;
+  /**
+   * Without `tls`: 'loopback' binds 127.0.0.1 whatever host `listen` names, 'as-configured' binds
+   * it. Default 'as-configured' (callers resolving the `security` config pass its policy, which
+   * defaults to 'loopback'). The choice is logged.
+   */
+  plaintextBind?: PlaintextBindPolicy;
   /** host:port to listen on; port 0 picks a free one. Default '127.0.0.1:0'. */
   listen?: string;
   /** host:port peers use to reach us. Default: the listen host with the bound port. */
@@ -64,6 +82,13 @@ interface LiveSession {
   roundRobin: Map<number, number>;
   closedError: PartiError | null;
   onClose: (() => void)[];
+}
+
+/** A peer-supplied string fit for a message: at most 64 characters, no control characters. */
+function printable(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = s.replace(/[\u0000-\u001f\u007f]/g, '?');
+  return clean.length > 64 ? `${clean.slice(0, 64)}…` : clean;
 }
 
 function grpcError(code: grpc.status, details: string): Partial<grpc.StatusObject> {
@@ -101,8 +126,13 @@ export class GrpcTransport implements CollectiveTransport {
   private readonly maxMessageBytes: number;
   private readonly window: number;
   private readonly jobToken: Uint8Array;
+  private readonly configHash: string;
+  private readonly tls: TlsMaterial | null;
+  private readonly log = log.child({ service: 'collective' });
 
   private constructor(private readonly options: GrpcTransportOptions) {
+    this.configHash = options.configHash ?? '';
+    this.tls = options.tls ?? null;
     this.streams = options.streams ?? 2;
     this.maxMessageBytes = options.maxMessageBytes ?? 64 << 20;
     this.window = options.flowControlWindow ?? 64 << 20;
@@ -116,9 +146,14 @@ export class GrpcTransport implements CollectiveTransport {
   /** Starts the server; resolves once it listens. */
   static async start(options: GrpcTransportOptions): Promise<GrpcTransport> {
     const t = new GrpcTransport(options);
-    const listen = options.listen ?? '127.0.0.1:0';
+    const listen = resolveBindAddress(options.listen ?? '127.0.0.1:0', {
+      service: 'collective',
+      tls: t.tls !== null,
+      policy: options.plaintextBind ?? 'as-configured',
+      logger: t.log,
+    });
     const port = await new Promise<number>((resolve, reject) =>
-      t.server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new PartiError('usage', `collective listen ${listen}: ${err.message}`)) : resolve(p))),
+      t.server.bindAsync(listen, serverCredentials(t.tls), (err, p) => (err ? reject(new PartiError('usage', `collective listen ${listen}: ${err.message}`)) : resolve(p))),
     );
     const host = listen.slice(0, listen.lastIndexOf(':'));
     t.boundAddress = options.advertise ?? `${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
@@ -133,7 +168,8 @@ export class GrpcTransport implements CollectiveTransport {
     const key = `${address}#${stream}`;
     let c = this.clients.get(key);
     if (!c) {
-      c = new grpc.Client(address, grpc.credentials.createInsecure(), {
+      c = new grpc.Client(address, channelCredentials(this.tls), {
+        ...channelTlsOptions(this.tls),
         'grpc.max_receive_message_length': this.maxMessageBytes + 4096,
         'grpc.max_send_message_length': 1 << 16,
         'grpc-node.flow_control_window': this.window,
@@ -149,16 +185,26 @@ export class GrpcTransport implements CollectiveTransport {
     return c;
   }
 
-  private refuse(call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>, code: grpc.status, details: string): void {
+  private refuse(call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>, code: grpc.status, details: string, warn = false): void {
     trace('refused subscription', { details });
+    // Refusals of another job, token or config are this side's half of "a clear error on both sides".
+    if (warn) this.log.warn({ peer: call.getPeer(), reason: details }, `collective: refused a subscription: ${details}`);
     call.emit('error', grpcError(code, details));
   }
 
   private onSubscribe(call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>): void {
     const req = call.request;
     if (this.closed) return this.refuse(call, grpc.status.UNAVAILABLE, `${this.address} is closed`);
-    if (req.jobId !== this.options.jobId || !sameToken(req.jobToken, this.jobToken)) {
-      return this.refuse(call, grpc.status.PERMISSION_DENIED, `job '${req.jobId}' (or its token) is not this worker's job '${this.options.jobId}'`);
+    const who = `rank ${req.rank} stream ${req.stream} (${call.getPeer()})`;
+    if (req.jobId !== this.options.jobId) {
+      return this.refuse(call, grpc.status.PERMISSION_DENIED, `${who}: job id '${printable(req.jobId)}' is not this worker's job '${this.options.jobId}'`, true);
+    }
+    if (!sameToken(req.jobToken, this.jobToken)) {
+      const why = req.jobToken.byteLength === 0 ? 'no job token presented (this job requires one)' : this.jobToken.byteLength === 0 ? 'a job token was presented but this job has none' : 'wrong job token';
+      return this.refuse(call, grpc.status.PERMISSION_DENIED, `${who}: ${why} for job '${this.options.jobId}'`, true);
+    }
+    if (this.configHash !== '' && req.configHash !== this.configHash) {
+      return this.refuse(call, grpc.status.PERMISSION_DENIED, `${who}: config hash '${printable(req.configHash)}' differs from this worker's '${this.configHash}' (job '${this.options.jobId}')`, true);
     }
     const s = this.session;
     if (!s || req.epoch > s.m.epoch) {
@@ -214,7 +260,7 @@ export class GrpcTransport implements CollectiveTransport {
       if (rank === m.rank) continue;
       const peer = m.peers[rank]!;
       for (let stream = 0; stream < this.streams; stream++) {
-        const req: SubscribeRequest = { jobId: m.jobId, epoch: m.epoch, rank: m.rank, stream, jobToken: m.jobToken };
+        const req: SubscribeRequest = { jobId: m.jobId, epoch: m.epoch, rank: m.rank, stream, jobToken: m.jobToken, configHash: this.configHash };
         const call = this.client(peer, stream).makeServerStreamRequest<SubscribeRequest, Frame>(
           SUBSCRIBE_PATH,
           serviceDefinition.Subscribe!.requestSerialize,
@@ -306,6 +352,13 @@ export interface GrpcCollectiveNodeOptions extends CollectiveNodeOptions {
   streams?: number;
   /** HTTP/2 flow-control window of incoming streams, bytes. Default 64 MiB. */
   flowControlWindow?: number;
+  /** The job's config hash; peers presenting another are refused (see GrpcTransportOptions). */
+  configHash?: string;
+  /**
+   * The process's resolved `security` section (src/security/job-security.ts): mutual TLS, the job
+   * token (overrides `jobToken`) and the plaintext bind policy.
+   */
+  security?: JobSecurity;
 }
 
 /**
@@ -328,16 +381,21 @@ export interface GrpcCollectiveNodeOptions extends CollectiveNodeOptions {
  * With `advertise` unset and `listen` on 0.0.0.0 the address reported is 127.0.0.1:port.
  */
 export async function createGrpcCollectiveNode(options: GrpcCollectiveNodeOptions): Promise<CollectiveNode> {
+  const sec = options.security;
+  const jobToken = sec ? sec.token.bytes() : options.jobToken;
   const transport = await GrpcTransport.start({
     jobId: options.jobId,
-    jobToken: options.jobToken,
+    jobToken,
+    configHash: options.configHash,
+    tls: sec?.tls ?? null,
+    plaintextBind: sec?.plaintextBind,
     listen: options.listen,
     advertise: options.advertise,
     streams: options.streams,
     maxMessageBytes: options.maxMessageBytes,
     flowControlWindow: options.flowControlWindow,
   });
-  return new CollectiveNode(transport, options);
+  return new CollectiveNode(transport, { ...options, jobToken });
 }
 
 /** Node options from the job's `collective` config section (src/config/collective-schema.ts). */
@@ -351,7 +409,7 @@ export function grpcNodeOptionsFromConfig(
     maxMessageMiB: number;
     flowControlWindowMiB: number;
   },
-  where: { jobId: string; jobToken?: Uint8Array; listen?: string; advertise?: string },
+  where: { jobId: string; jobToken?: Uint8Array; listen?: string; advertise?: string; configHash?: string; security?: JobSecurity },
 ): GrpcCollectiveNodeOptions {
   return {
     ...where,

@@ -62,6 +62,7 @@ const NOT_HASHED: readonly (readonly string[])[] = [
   ['data', 'badSamplePolicy'],
   ['data', 'reader'],
   ['checkpoint'],
+  ['security'],
 ];
 
 function canonical(value: unknown): unknown {

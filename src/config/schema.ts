@@ -6,6 +6,7 @@ import { runtimeSchema } from './runtime-schema.ts';
 import { collectiveSchema } from './collective-schema.ts';
 import { dashboardSchema } from './dashboard-schema.ts';
 import { checkpointSchema } from './checkpoint-schema.ts';
+import { securitySchema } from './security-schema.ts';
 
 /** A whole job: what to train (model, data, training) and how to run it (runtime). */
 export const configSchema = z.strictObject({
@@ -21,6 +22,7 @@ export const configSchema = z.strictObject({
   collective: collectiveSchema.prefault({}),
   dashboard: dashboardSchema.prefault({}),
   checkpoint: checkpointSchema.prefault({}),
+  security: securitySchema.prefault({}),
 });
 
 /** A validated config with every default filled in. */
