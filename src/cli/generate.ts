@@ -64,7 +64,7 @@ async function writePrompt(gen: Generator, result: GeneratedPrompt, plan: Output
   await mkdir(plan.dir, { recursive: true });
   const size = gen.imageSize;
   const set = { images: result.images.map((i) => i.image), size, channels: gen.channels };
-  const gridScale = f.gridScale === undefined ? Math.max(1, Math.round(128 / size)) : parseNumber('--grid-scale', f.gridScale, true);
+  const gridScale = f.gridScale === undefined ? Math.max(1, Math.round(128 / size)) : Number(f.gridScale);
   const files: string[] = [];
   const put = async (name: string, data: Buffer | string) => {
     const path = join(plan.dir, name);
@@ -137,6 +137,10 @@ export function register(program: Command): void {
       const settings = resolveSettings(f);
       const batch = parseNumber('--batch', f.batch, true);
       if (batch < 1) throw usageError('--batch', `must be an integer >= 1, got ${batch}`);
+      if (f.gridScale !== undefined) {
+        const g = parseNumber('--grid-scale', f.gridScale, true);
+        if (g < 1 || g > 64) throw usageError('--grid-scale', `must be an integer from 1 to 64, got ${g}`);
+      }
       if (prompt !== undefined && f.prompts) throw usageError('--prompts', 'give either a prompt or --prompts FILE, not both');
       if (prompt === undefined && !f.prompts) throw usageError('prompt', 'give a prompt ("" for unconditional) or --prompts FILE');
       if (!f.prompts && !/\.png$/i.test(f.out)) throw usageError('--out', `must name a .png file, got ${f.out}`);
