@@ -102,6 +102,7 @@ export class WorkerRuntime {
     this.heartbeats?.postMessage({ type: 'state', state: s } satisfies HeartbeatControl);
   }
   private heartbeats: Worker | null = null;
+  /** Set by run() before anything uses it. */
   private model!: Trainable;
   /** The model holds its initialization (nothing trained or loaded yet). */
   private pristine = true;
@@ -135,8 +136,8 @@ export class WorkerRuntime {
   /** Runs until the coordinator says stop (or cannot be reached for reconnectMs). */
   async run(): Promise<WorkerExit> {
     this.startHeartbeatThread(); // loads while the model is built
-    this.model = await this.opts.createModel();
     try {
+      this.model = await this.opts.createModel();
       while (this.stopReason === null) {
         await this.join();
         const why = await this.serve();
@@ -150,7 +151,7 @@ export class WorkerRuntime {
       this.heartbeats = null;
       this.client.close();
       await this.opts.collective.close();
-      this.model.dispose();
+      (this.model as Trainable | undefined)?.dispose();
     }
     return { reason: this.stopReason ?? 'stopped', applied: this.applied };
   }
