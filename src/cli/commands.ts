@@ -10,8 +10,9 @@ import { register as registerGenerate } from './generate.ts';
 import { register as registerExport } from './export.ts';
 import { register as registerServe } from './serve.ts';
 import { register as registerCerts } from './certs.ts';
+import { register as registerEval } from './eval.ts';
 
 /**
  * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
  */
-export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate, registerExport, registerServe, registerCerts];
+export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate, registerExport, registerServe, registerEval, registerCerts];
