@@ -128,7 +128,6 @@ export class GrpcTransport implements CollectiveTransport {
   private readonly jobToken: Uint8Array;
   private readonly configHash: string;
   private readonly tls: TlsMaterial | null;
-  private readonly log = log.child({ service: 'collective' });
 
   private constructor(private readonly options: GrpcTransportOptions) {
     this.configHash = options.configHash ?? '';
@@ -150,7 +149,7 @@ export class GrpcTransport implements CollectiveTransport {
       service: 'collective',
       tls: t.tls !== null,
       policy: options.plaintextBind ?? 'as-configured',
-      logger: t.log,
+      logger: log,
     });
     const port = await new Promise<number>((resolve, reject) =>
       t.server.bindAsync(listen, serverCredentials(t.tls), (err, p) => (err ? reject(new PartiError('usage', `collective listen ${listen}: ${err.message}`)) : resolve(p))),
@@ -188,7 +187,7 @@ export class GrpcTransport implements CollectiveTransport {
   private refuse(call: grpc.ServerWritableStream<SubscribeRequest, EncodedFrame>, code: grpc.status, details: string, warn = false): void {
     trace('refused subscription', { details });
     // Refusals of another job, token or config are this side's half of "a clear error on both sides".
-    if (warn) this.log.warn({ peer: call.getPeer(), reason: details }, `collective: refused a subscription: ${details}`);
+    if (warn) log.warn({ service: 'collective', peer: call.getPeer(), reason: details }, `collective: refused a subscription: ${details}`);
     call.emit('error', grpcError(code, details));
   }
 
