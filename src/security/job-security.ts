@@ -1,8 +1,7 @@
-import type { Logger } from 'pino';
 import type { SecurityConfig } from '../config/security-schema.ts';
 import { JobToken } from './job-token.ts';
 import { SecretRedactor } from './secret-redactor.ts';
-import { loadTlsMaterial, resolveBindAddress, type PlaintextBindPolicy, type TlsMaterial } from './tls-credentials.ts';
+import { loadTlsMaterial, resolveBindAddress, type BindLogger, type PlaintextBindPolicy, type TlsMaterial } from './tls-credentials.ts';
 
 /**
  * A process's security settings, resolved once at start from the `security` config section: TLS
@@ -16,7 +15,7 @@ export interface JobSecurity {
   plaintextBind: PlaintextBindPolicy;
   redactor: SecretRedactor;
   /** The address a service should bind, given the one configured (see resolveBindAddress). */
-  bindAddress(listen: string, service: string, logger?: Pick<Logger, 'warn' | 'info'>): string;
+  bindAddress(listen: string, service: string, logger?: BindLogger): string;
 }
 
 /** Resolves the `security` section. Throws PartiError('config') naming the field on bad files or tokens. */

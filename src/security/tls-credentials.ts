@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import type { Logger } from 'pino';
 import { PartiError } from '../errors.ts';
 
 /** Where a process's TLS material is (the `security.tls` config section; in k8s a mounted Secret). */
@@ -95,6 +94,12 @@ export function channelTlsOptions(tls: TlsMaterial | null): grpc.ChannelOptions 
   return tls ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {};
 }
 
+/** The part of a pino logger the bind decision is logged through. */
+export interface BindLogger {
+  info(fields: object, msg: string): void;
+  warn(fields: object, msg: string): void;
+}
+
 /** What to do with a non-loopback listen address when there is no TLS. */
 export type PlaintextBindPolicy = 'loopback' | 'as-configured';
 
@@ -119,7 +124,7 @@ function splitHostPort(listen: string): { host: string; port: string } {
  */
 export function resolveBindAddress(
   listen: string,
-  o: { service: string; tls: boolean; policy: PlaintextBindPolicy; logger?: Pick<Logger, 'warn' | 'info'> },
+  o: { service: string; tls: boolean; policy: PlaintextBindPolicy; logger?: BindLogger },
 ): string {
   const { host, port } = splitHostPort(listen);
   if (o.tls) {
