@@ -219,3 +219,26 @@ test('peers of another job, config or model size are refused; aborts in a loop e
     c.close();
   }
 });
+
+test('ZeRO-1: a worker that leaves triggers a checkpoint of the current step first; the new ring restores it, losing no step', async () => {
+  const committed: number[] = [];
+  const store: CheckpointCommitter = { latestStep: async () => committed.at(-1) ?? null, commit: async (step) => void committed.push(step) };
+  const c = new Coordinator(options({ checkpoints: store, zeroStage: 1, targetWorkers: 3, minWorkers: 2 }));
+  try {
+    const ws = ['a', 'b', 'x'].map((n) => new FakeWorker(c, n));
+    for (const w of ws) w.ready();
+    for (const w of ws) w.reduced();
+    c.leave(ws[2]!.id, 'SIGTERM');
+    for (const w of ws) w.reduced();
+    assert.equal(c.step, 2);
+    assert.equal(c.phase.kind, 'checkpointing', 'the leaver is still there: checkpoint first');
+    for (const w of ws) w.report('CHECKPOINTED', w.last().checkpoint!.epoch, 2);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(committed, [2]);
+    assert.ok(ws[2]!.last().stop);
+    const r = ws[0]!.last().reconfigure!;
+    assert.deepEqual([r.restoreStep, r.step, r.peers.length], [2, 2, 2]);
+  } finally {
+    c.close();
+  }
+});

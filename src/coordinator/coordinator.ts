@@ -133,6 +133,8 @@ export class Coordinator {
   private abortsSinceCommit = 0;
   /** Something was aborted since the last re-form (with ZeRO-1 a half-applied commit is possible). */
   private troubled = false;
+  /** The current epoch was aborted: the next step boundary re-forms, even with the same members. */
+  private reformNeeded = false;
   started = false;
   /** Restore from this checkpoint step at the next re-form (set after recovery or total loss). */
   private restoreStep: number | null = null;
@@ -358,16 +360,11 @@ export class Coordinator {
       this.finish(`failed: ${this.failed}`);
       return;
     }
+    // A hand-over cut half way changes nothing: a worker takes the broadcast state only once it
+    // has all of it, so members that held the step's state still do.
     for (const id of this.ring) this.send(id, { abort: { epoch: p.epoch, reason } });
-    if (p.kind === 'forming') {
-      // a broadcast may have been cut half way: only members that reported READY hold the state
-      for (const id of p.pending) {
-        const m = this.members.get(id);
-        if (m) m.synced = false;
-      }
-    }
-    // Force a re-form even when the same members remain: the collective of this epoch is aborted.
-    this.ring = [];
+    // Re-form even when the same members remain: the collectives of this epoch are aborted.
+    this.reformNeeded = true;
     this.phase = backoffMs > 0 ? { kind: 'backoff', until: Date.now() + backoffMs } : { kind: 'between-steps' };
     if (backoffMs === 0) this.advance();
   }
@@ -380,17 +377,18 @@ export class Coordinator {
       this.finish(this.stopReason ?? 'all steps done');
       return;
     }
-    // Leavers that are out of the ring can go.
     const alive = [...this.members.values()].filter((m) => m.send && !m.leaving);
     const need = this.started ? this.opts.minWorkers : this.opts.targetWorkers;
-    if (alive.length < need) {
+    const desired = alive.length >= need ? this.desiredRing(alive) : null;
+    const changing = this.reformNeeded || desired === null || !sameRing(desired, this.ring);
+    if (changing && this.checkpointBeforeReshard()) return;
+    if (desired === null) {
       if (p.kind !== 'waiting-for-workers') this.event('waiting', `waiting for workers: ${alive.length} alive, ${need} needed`);
       this.phase = { kind: 'waiting-for-workers' };
-      this.stopLeavers();
+      this.stopLeavers(); // leavers out of the ring can go
       return;
     }
-    const desired = this.desiredRing(alive);
-    if (!sameRing(desired, this.ring)) {
+    if (changing) {
       this.reform(desired);
       return;
     }
@@ -400,6 +398,19 @@ export class Coordinator {
       return;
     }
     this.startStep();
+  }
+
+  /**
+   * ZeRO-1: optimizer shards follow the ring, so a planned change (a worker leaving or joining,
+   * every current member still alive) first checkpoints the current step; the new ring restores
+   * from it and no step is lost. Returns whether a checkpoint started.
+   */
+  private checkpointBeforeReshard(): boolean {
+    if (this.opts.zeroStage !== 1 || !this.opts.checkpoints || this.reformNeeded || this.ring.length === 0) return false;
+    if (this.lastCheckpointStep === this.step || this.failedCheckpointStep === this.step) return false;
+    if (!this.ring.every((id) => this.members.get(id)?.send)) return false;
+    this.startCheckpoint();
+    return true;
   }
 
   /** Survivors keep their order; joiners fill up to the target size, oldest first. */
@@ -412,6 +423,8 @@ export class Coordinator {
   }
 
   private reform(ring: string[]): void {
+    const previous = this.ring;
+    this.reformNeeded = false;
     this.stopLeavers(ring);
     this.epoch += 1;
     this.started = true;
@@ -419,11 +432,12 @@ export class Coordinator {
     let restoreStep = -1;
     let reset = false;
     let syncFrom = -1;
-    // With ZeRO-1 a lost member took its optimizer shard along, and an aborted commit may have
-    // updated some shards and not others: only a checkpoint is a consistent state.
-    const lostShard = this.opts.zeroStage === 1 && (this.troubled || (this.ring.length > 0 && this.ring.some((id) => !this.members.has(id))));
+    // With ZeRO-1 optimizer shards follow the ring: another ring needs them re-cut, which only a
+    // checkpoint can do (a lost member took its shard along), and an aborted commit may have
+    // updated some shards and not others.
+    const reshard = this.opts.zeroStage === 1 && (this.troubled || (previous.length > 0 && !sameRing(previous, ring)));
     this.troubled = false;
-    if (this.restoreStep !== null || lostShard || members.every((m) => !m.synced)) {
+    if (this.restoreStep !== null || reshard || members.every((m) => !m.synced)) {
       // No member holds the state of the current step (or a ZeRO shard was lost): go back to the
       // latest checkpoint, or to the start when there is none.
       const from = this.restoreStep ?? this.lastCheckpointStep;
@@ -438,14 +452,6 @@ export class Coordinator {
       if (members.some((m) => !m.synced)) syncFrom = source;
     }
     this.restoreStep = null;
-    if (this.opts.zeroStage === 1 && syncFrom >= 0 && restoreStep < 0) {
-      // Optimizer shards are laid out for the old ring; only a checkpoint can re-shard them.
-      const from = this.lastCheckpointStep;
-      syncFrom = -1;
-      if (from !== null) restoreStep = from;
-      else reset = true;
-      this.rollBackTo(from ?? 0);
-    }
     this.ring = ring;
     const peers = members.map((m) => m.collectiveAddress);
     this.event('reform', `membership epoch ${this.epoch}: ${ring.length} workers [${members.map((m) => m.name).join(', ')}] at step ${this.step}` +
@@ -460,6 +466,8 @@ export class Coordinator {
 
   private rollBackTo(step: number): void {
     if (step !== this.step) this.event('reform', `rolling back from step ${this.step} to step ${step}`);
+    // Nobody holds the state of that step until it has restored it (reported READY).
+    for (const m of this.members.values()) m.synced = false;
     this.step = step;
     this.ledger?.truncateTo(step);
   }
