@@ -69,6 +69,11 @@ export interface EvalReport {
     trainSamples: unknown;
     /** The probe on real held-out images: the ceiling of prompt agreement. */
     realHeldOutAccuracy: Agreement;
+    /**
+     * The probe on the tokenizer's reconstructions of those images: the ceiling for any Parti
+     * on this tokenizer (an image Parti writes perfectly still passes through the decoder).
+     */
+    reconstructedHeldOutAccuracy: Agreement;
   };
   /** The guarantee that evaluation never used a training caption. */
   heldOutCaptions: { prompts: number; inProbeTrainingCaptions: number; rule: string };
@@ -145,7 +150,7 @@ export async function runEvaluation(o: EvaluationOptions): Promise<{ report: Eva
     const check = assertHeldOutPrompts(real.captions, probe);
     say(`held-out: ${real.images.length} samples; tokenizer round trip and token loss`);
 
-    const { metrics: tokenizer, tokens } = measureTokenizer(gen.vq, gen.checkpoint.tokenizer, real.images);
+    const { metrics: tokenizer, tokens, reconstructions } = measureTokenizer(gen.vq, gen.checkpoint.tokenizer, real.images);
     const ll = tokenLogLikelihoods(gen.runner, real.captions, tokens);
     const T = gen.runner.model.imageTokens;
     let nll = 0;
@@ -154,6 +159,7 @@ export async function runEvaluation(o: EvaluationOptions): Promise<{ report: Eva
 
     const realPred = probe.predict(real.images);
     const realHeldOutAccuracy = agreement(scheme, realPred.classes, real.labels);
+    const reconstructedHeldOutAccuracy = agreement(scheme, probe.predict(reconstructions).classes, real.labels);
 
     // Distinct prompts in file order (deterministic).
     const promptList = [...new Set(real.captions)].slice(0, o.prompts ?? 48);
@@ -226,6 +232,7 @@ export async function runEvaluation(o: EvaluationOptions): Promise<{ report: Eva
         heads: scheme.heads.map((h) => ({ name: h.name, classes: [...h.classes] })),
         trainSamples: probe.info.trainSamples ?? null,
         realHeldOutAccuracy,
+        reconstructedHeldOutAccuracy,
       },
       heldOutCaptions: { prompts: promptList.length, ...check },
       generation: { prompts: promptList.length, samplesPerPrompt: settings.samples, cfg: settings.cfg, topK: settings.topK, topP: settings.topP, temperature: settings.temperature, seed: settings.seed, rerank: settings.rerank, seconds: genSeconds },

@@ -66,6 +66,7 @@ ${r.heldOutCaptions.prompts} held-out prompts, none a training caption (${esc(r.
 ${agreementTable('Per-attribute scores', [
   ['prompt agreement (generated)', r.promptAgreement],
   ['probe on real held-out (ceiling)', r.probe.realHeldOutAccuracy],
+  ['probe on tokenizer reconstructions of them', r.probe.reconstructedHeldOutAccuracy],
   ['CAS (probe trained on generated, tested on real)', r.cas],
 ])}
 <h2>Real held-out images</h2><img src="${png(real.map((x) => x.image), imageSize, 8)}" alt="real held-out images">

@@ -21,11 +21,17 @@ export function psnr(a: Uint8Array, b: Uint8Array): number {
 
 /**
  * Encodes and decodes `images` (RGB bytes of the tokenizer's size) `chunk` at a time; returns the
- * metrics and every image's tokens (for the held-out token loss).
+ * metrics, every image's tokens (for the held-out token loss) and its reconstruction.
  */
-export function measureTokenizer(vq: VitVqgan, params: Float32Array, images: readonly Uint8Array[], chunk = 64): { metrics: TokenizerMetrics; tokens: Int32Array[] } {
+export function measureTokenizer(
+  vq: VitVqgan,
+  params: Float32Array,
+  images: readonly Uint8Array[],
+  chunk = 64,
+): { metrics: TokenizerMetrics; tokens: Int32Array[]; reconstructions: Uint8Array[] } {
   const counts = new Float32Array(vq.config.codebookSize);
   const tokens: Int32Array[] = [];
+  const reconstructions: Uint8Array[] = [];
   let psnrSum = 0;
   const n = vq.tokens;
   for (let s = 0; s < images.length; s += chunk) {
@@ -42,9 +48,10 @@ export function measureTokenizer(vq: VitVqgan, params: Float32Array, images: rea
     part.forEach((im, i) => {
       psnrSum += psnr(im, recon.subarray(i * per, (i + 1) * per));
       tokens.push(ids.slice(i * n, (i + 1) * n));
+      reconstructions.push(recon.slice(i * per, (i + 1) * per));
     });
     for (const id of ids) counts[id]! += 1;
   }
   const { usage, perplexity } = codebookStats(counts);
-  return { metrics: { images: images.length, psnr: psnrSum / Math.max(1, images.length), codebookUsage: usage, codebookPerplexity: perplexity }, tokens };
+  return { metrics: { images: images.length, psnr: psnrSum / Math.max(1, images.length), codebookUsage: usage, codebookPerplexity: perplexity }, tokens, reconstructions };
 }
