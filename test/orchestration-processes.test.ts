@@ -3,6 +3,8 @@
 // tolerance), SIGTERM leaving at a step boundary, and a coordinator killed and recovered from its
 // checkpoint. Every test has a deadline and kills its children in `finally`.
 import { test } from 'node:test';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { Cluster, checkExactlyOnce, freePort, linearConfig, type Child } from './orchestration-harness.ts';
 
@@ -102,6 +104,30 @@ test('minimum world size = N: SIGKILLed workers are replaced, the run finishes e
     checkExactlyOnce(cluster.ledger(), STEPS, SAMPLES);
     assert.ok(cluster.ledger().every((e) => e.worldSize === 2), 'every committed step ran on 2 workers');
     for (const w of live) assert.deepEqual(cluster.params(w.name), baseline2);
+  } finally {
+    await cluster.killAll();
+  }
+});
+
+test('ZeRO-1 with a SIGKILLed worker: the lost optimizer shard comes back from the checkpoint; exactly-once, same parameters within tolerance', { timeout: 150_000 }, async () => {
+  baseline2 ??= (await uninterrupted('base2zk', 2)).params('w0');
+  const cluster = new Cluster('zero-kill');
+  try {
+    const cfg = cluster.config(
+      'job',
+      linearConfig({ workers: 2, minWorkers: 2, zeroStage: 1 }, { steps: STEPS, stepDelayMs: 12 }, { checkpoint: { everySteps: 5, keep: 2, atEnd: false } }),
+    );
+    const c = await cluster.coordinator(cfg, ['--ledger', 'ledger.jsonl']);
+    const workers = [cluster.worker(cfg, c.address, 'w0'), cluster.worker(cfg, c.address, 'w1')];
+    await c.waitFor(/"step":12,/, 60_000);
+    const live = await chaos(cluster, cfg, c.address, workers, 1, 200, 3);
+    await c.waitFor(/"done":true/, 90_000);
+    for (const w of live) assert.equal(await w.exited, 0);
+    checkExactlyOnce(cluster.ledger(), STEPS, SAMPLES);
+    const d = maxDiff(cluster.params(live[0]!.name), baseline2);
+    assert.ok(d < 1e-5, `ZeRO-1 after a restore vs unsharded: ${d}`);
+    assert.match(readFileSync(join(cluster.dir, 'coordinator.log'), 'utf8'), /restoring checkpoint \d+/);
+    assert.deepEqual(cluster.params(live[0]!.name), cluster.params(live[1]!.name));
   } finally {
     await cluster.killAll();
   }
