@@ -14,19 +14,25 @@ import type { Command, JoinReply, JoinRequest, StepReport } from './protocol.ts'
 
 /** What the coordinator needs to know about the job. Resolved once by the caller. */
 export interface CoordinatorOptions {
+  /** Workers must present this job id (and config hash), or they are refused. */
   jobId: string;
+  /** configHash() of the job's config. */
   configHash: string;
   /** Optimizer steps of the job. */
   totalSteps: number;
   /** Largest batch one forward/backward runs at once on a worker. */
   microBatch: number;
+  /** Which samples each step consumes (the data plan over the step clock). */
   plan: StepPlan;
   /** The job starts when this many workers have joined; the ring never grows beyond it. */
   targetWorkers: number;
   /** The job goes on while at least this many workers are alive (elastic down to it). */
   minWorkers: number;
+  /** Workers heartbeat this often (ms); the coordinator checks liveness twice as often. */
   heartbeatMs: number;
+  /** A worker silent this long is declared dead (ms). */
   failureTimeoutMs: number;
+  /** A step, re-form or checkpoint that takes longer is aborted (ms). */
   stepDeadlineMs: number;
   /** ZeRO stage 1: optimizer state is sharded, so a lost member means restoring from a checkpoint. */
   zeroStage: 0 | 1;

@@ -36,7 +36,7 @@ export interface OptimizerSnapshot {
 export interface StepContext {
   /** The optimizer step being computed (parameters go from version `step` to `step + 1`). */
   step: number;
-  /** A seed derived from the training seed and step, the same on every rank. */
+  /** The training seed, the same on every rank (models mix in the step and sample ids). */
   seed: number;
 }
 

@@ -54,23 +54,33 @@ export interface WorkerStateStore {
 
 /** Options of a worker, resolved once by the CLI. */
 export interface WorkerOptions {
+  /** host:port of the coordinator. */
   coordinator: string;
+  /** The job to join; the coordinator refuses another. */
   jobId: string;
+  /** configHash() of this worker's config; the coordinator refuses another. */
   configHash: string;
   /** A name for logs; default host:pid. */
   name?: string;
   /** Builds the model at its initialization (called again when the job restarts from scratch). */
   createModel: () => Promise<Trainable>;
+  /** This worker's end of the ring (configured by the runtime at each membership epoch). */
   collective: CollectivePort;
-  /** Training seed (per-step seeds derive from it). */
+  /** Training seed (the model keys per-sample randomness on it, the step and the sample id). */
   seed: number;
+  /** 1: reduce-scatter, update this rank's range of parameters and optimizer state, all-gather. */
   zeroStage: 0 | 1;
+  /** Heartbeat period (ms), on a thread of its own. */
   heartbeatMs: number;
+  /** Deadline of each call to the coordinator (ms). */
   rpcDeadlineMs: number;
+  /** Deadline of each collective call (ms). */
   stepDeadlineMs: number;
+  /** Size cap of coordinator messages (bytes). */
   maxMessageBytes: number;
   /** How long to keep trying to (re)join a coordinator before giving up (ms). */
   reconnectMs: number;
+  /** Where checkpoints are written and restored from; null: none (tests). */
   store: WorkerStateStore | null;
 }
 
