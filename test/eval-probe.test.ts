@@ -8,6 +8,7 @@ import { shapesSample, type ShapesSplit } from '../src/data/shapes.ts';
 import { ShapesLabelScheme } from '../src/eval/label-scheme.ts';
 import { Probe, trainProbe } from '../src/eval/probe.ts';
 import { agreement } from '../src/eval/prompt-agreement.ts';
+import { probeScorer } from '../src/eval/evaluation.ts';
 
 /**
  * The probe learns the shapes set's attributes from real training images and reads them on real
@@ -55,6 +56,15 @@ test('the probe reaches high accuracy on real held-out images; save and load kee
   assert.ok(acc.attributes.position! >= 0.95, `position ${acc.attributes.position}`);
   assert.ok(acc.attributes.shape! >= 0.55, `shape ${acc.attributes.shape}`);
   assert.equal(pred.features.length, held.images.length * probe.shape.features);
+
+  // As a reranking scorer: of candidates for a prompt, the image of that prompt scores highest.
+  const scorer = probeScorer(probe);
+  for (let i = 0; i < 5; i++) {
+    const others = [1, 2, 3].map((k) => held.images[(i + 37 * k) % held.images.length]!);
+    const scores = await scorer.score(held.captions[i]!, [...others, held.images[i]!].map((im) => ({ tokens: new Int32Array(0), pixels: () => im })));
+    if (pred.classes[i]!.every((c, k) => c === held.labels[i]![k])) assert.equal(Math.max(...scores), scores[3], `prompt ${i}: ${scores}`);
+  }
+  assert.deepEqual(await scorer.score('not a shapes caption', [{ tokens: new Int32Array(0), pixels: () => held.images[0]! }]), [0]);
 
   dir = await mkdtemp(join(tmpdir(), 'parti-probe-'));
   await probe.save(dir);

@@ -3,7 +3,7 @@ import { shapesSplitOfCaption } from '../data/shapes.ts';
 import { log } from '../observability/log.ts';
 import { Generator } from '../generate/generator.ts';
 import { SAMPLER_DEFAULTS } from '../generate/sampler.ts';
-import { tokenLogLikelihoods } from '../generate/reranking.ts';
+import { tokenLogLikelihoods, type RerankCandidate, type Scorer } from '../generate/reranking.ts';
 import { readEvalSamples, type EvalDataUrls } from './eval-data.ts';
 import { fid } from './frechet-distance.ts';
 import type { LabelScheme } from './label-scheme.ts';
@@ -253,10 +253,10 @@ export async function runEvaluation(o: EvaluationOptions): Promise<{ report: Eva
  * prompt the probe reads in the candidate (plus its share of whole-prompt agreement). Prompts the
  * probe cannot label score 0 for every candidate, keeping the sampler's order.
  */
-export function probeScorer(probe: Probe) {
+export function probeScorer(probe: Probe): Scorer {
   return {
     name: 'probe-agreement',
-    async score(prompt: string, candidates: readonly { pixels(): Uint8Array }[]): Promise<number[]> {
+    async score(prompt: string, candidates: readonly RerankCandidate[]): Promise<number[]> {
       const target = probe.scheme.labelsOf(prompt);
       if (!target) return candidates.map(() => 0);
       const { classes } = probe.predict(candidates.map((c) => c.pixels()));
