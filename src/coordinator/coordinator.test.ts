@@ -242,3 +242,26 @@ test('ZeRO-1: a worker that leaves triggers a checkpoint of the current step fir
     c.close();
   }
 });
+
+test('a leaver that takes the job below its minimum gets a checkpoint of the current step first', async () => {
+  const committed: number[] = [];
+  const store: CheckpointCommitter = { latestStep: async () => committed.at(-1) ?? null, commit: async (step) => void committed.push(step) };
+  const c = new Coordinator(options({ checkpoints: store }));
+  try {
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    c.leave(b.id, 'SIGTERM');
+    a.reduced();
+    b.reduced();
+    assert.equal(c.phase.kind, 'checkpointing');
+    for (const w of [a, b]) w.report('CHECKPOINTED', w.last().checkpoint!.epoch, 1);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(committed, [1]);
+    assert.equal(c.phase.kind, 'waiting-for-workers');
+    assert.ok(b.last().stop);
+  } finally {
+    c.close();
+  }
+});

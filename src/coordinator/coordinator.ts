@@ -387,7 +387,7 @@ export class Coordinator {
     const need = this.started ? this.opts.minWorkers : this.opts.targetWorkers;
     const desired = alive.length >= need ? this.desiredRing(alive) : null;
     const changing = this.reformNeeded || desired === null || !sameRing(desired, this.ring);
-    if (changing && this.checkpointBeforeReshard()) return;
+    if (changing && this.checkpointBeforeChange(desired === null)) return;
     if (desired === null) {
       if (p.kind !== 'waiting-for-workers') this.event('waiting', `waiting for workers: ${alive.length} alive, ${need} needed`);
       this.phase = { kind: 'waiting-for-workers' };
@@ -407,12 +407,15 @@ export class Coordinator {
   }
 
   /**
-   * ZeRO-1: optimizer shards follow the ring, so a planned change (a worker leaving or joining,
-   * every current member still alive) first checkpoints the current step; the new ring restores
-   * from it and no step is lost. Returns whether a checkpoint started.
+   * A planned change of the ring (workers leaving or joining, every current member still alive)
+   * first checkpoints the current step when the state would otherwise go: with ZeRO-1 (optimizer
+   * shards follow the ring; the new ring restores from the checkpoint) and when the job is about
+   * to wait because the leavers take it below its minimum. No step is lost. Returns whether a
+   * checkpoint started.
    */
-  private checkpointBeforeReshard(): boolean {
-    if (this.opts.zeroStage !== 1 || !this.opts.checkpoints || this.reformNeeded || this.ring.length === 0) return false;
+  private checkpointBeforeChange(goingToWait: boolean): boolean {
+    if (this.opts.zeroStage !== 1 && !goingToWait) return false;
+    if (!this.opts.checkpoints || this.reformNeeded || this.ring.length === 0) return false;
     if (this.lastCheckpointStep === this.step || this.failedCheckpointStep === this.step) return false;
     if (!this.ring.every((id) => this.members.get(id)?.send)) return false;
     this.startCheckpoint();
