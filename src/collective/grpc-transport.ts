@@ -20,6 +20,9 @@ const trace = tracer('collective-grpc');
 
 const SUBSCRIBE_PATH = '/parti.collective.v1.Collective/Subscribe';
 
+/** Most subscriptions held for an epoch this worker has not entered yet (peers x streams is far less). */
+const MAX_PARKED = 1024;
+
 /**
  * proto/collective.proto's service with hand-written (de)serializers: frames are encoded once by
  * encodeFrame (header fields, then the raw tensor bytes) and decoded without copying the payload.
@@ -207,6 +210,10 @@ export class GrpcTransport implements CollectiveTransport {
     }
     const s = this.session;
     if (!s || req.epoch > s.m.epoch) {
+      // Parked streams wait for our next epoch: a peer must not make us hold them without bound.
+      if (this.parked.length >= MAX_PARKED) {
+        return this.refuse(call, grpc.status.RESOURCE_EXHAUSTED, `${MAX_PARKED} subscriptions already wait for a newer epoch`, true);
+      }
       this.parked.push({ req, call });
       call.on('cancelled', () => (this.parked = this.parked.filter((p) => p.call !== call)));
       return;

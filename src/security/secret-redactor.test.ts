@@ -6,7 +6,7 @@ import { JobToken } from './job-token.ts';
 import { constantTimeEqual } from './constant-time.ts';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { parseConfig } from '../config/load.ts';
+import { configHash, parseConfig } from '../config/load.ts';
 
 const KEY = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY';
 
@@ -46,7 +46,7 @@ test('values: secret-named keys are replaced, strings redacted, errors flattened
   assert.equal((e as Error & { code: string }).code, 'storage');
 });
 
-test('a config loses its tokens, keeps the rest', () => {
+test('a config loses its tokens, keeps the rest, and still parses with the same hash', () => {
   const tiny = parseYaml(readFileSync('configs/tiny.yaml', 'utf8')) as Record<string, unknown>;
   const config = parseConfig({
     ...tiny,
@@ -54,8 +54,9 @@ test('a config loses its tokens, keeps the rest', () => {
     dashboard: { token: 'dash-token-0123456789abcdef' },
   });
   const out = redactConfig(config);
-  assert.equal(out.security.token, REDACTED);
-  assert.equal(out.dashboard.token, REDACTED);
+  assert.equal(out.security.token, undefined);
+  assert.equal(out.dashboard.token, undefined);
+  assert.equal(configHash(parseConfig(out)), configHash(config), 'still a config, with the same hash');
   assert.equal(out.security.tokenFile, '/run/secrets/token');
   assert.equal(out.model.text.dModel, config.model.text.dModel);
   assert.ok(!JSON.stringify(out).includes('0123456789abcdef'));

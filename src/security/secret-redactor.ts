@@ -100,8 +100,8 @@ export class SecretRedactor {
    * `secretAccessKey`, `privateKey`, `authorization`, …) replaced whole. Errors become
    * `{ name, message, code }` with the message redacted. Cycles are cut.
    */
-  redactValue<T>(value: T): T {
-    return this.walk(value, new WeakSet()) as T;
+  redactValue<T>(value: T, options: { dropSecretKeys?: boolean } = {}): T {
+    return this.walk(value, new WeakSet(), options.dropSecretKeys ?? false) as T;
   }
 
   /** An Error whose message (and stack) are redacted; the code and name are kept. */
@@ -115,7 +115,7 @@ export class SecretRedactor {
     return copy;
   }
 
-  private walk(v: unknown, seen: WeakSet<object>): unknown {
+  private walk(v: unknown, seen: WeakSet<object>, drop: boolean): unknown {
     if (typeof v === 'string') return this.redact(v);
     if (v === null || typeof v !== 'object') return v;
     if (seen.has(v)) return '[cycle]';
@@ -125,10 +125,12 @@ export class SecretRedactor {
       return { name: v.name, message: this.redact(v.message), ...(code !== undefined ? { code } : {}) };
     }
     if (ArrayBuffer.isView(v) || v instanceof ArrayBuffer) return v;
-    if (Array.isArray(v)) return v.map((x) => this.walk(x, seen));
+    if (Array.isArray(v)) return v.map((x) => this.walk(x, seen, drop));
     const out: Record<string, unknown> = {};
     for (const [k, x] of Object.entries(v)) {
-      out[k] = SECRET_KEYS.has(normKey(k)) && x !== undefined && x !== null && x !== '' ? REDACTED : this.walk(x, seen);
+      const secret = SECRET_KEYS.has(normKey(k)) && x !== undefined && x !== null && x !== '';
+      if (secret && drop) continue;
+      out[k] = secret ? REDACTED : this.walk(x, seen, drop);
     }
     return out;
   }
@@ -136,10 +138,11 @@ export class SecretRedactor {
 
 /**
  * A config with its secret fields removed, for what is written out (checkpoints, the dashboard's
- * job view, logs): `security.token`, `dashboard.token` and any other secret-named key become
- * `[redacted]`; file and env-var names stay (they are not secrets). The config hash is computed
- * before this and does not include these sections.
+ * job view, logs): `security.token`, `dashboard.token` and any other secret-named key are left
+ * out (so the result still parses as a config: the token then comes from its file or environment
+ * variable); file and env-var names stay (they are not secrets), and strings are redacted. The
+ * config hash leaves these sections out, so it is the same before and after.
  */
 export function redactConfig<T>(config: T, redactor: SecretRedactor = new SecretRedactor()): T {
-  return redactor.redactValue(config);
+  return redactor.redactValue(config, { dropSecretKeys: true });
 }
