@@ -49,6 +49,17 @@ async function rejectsNaming(p: Promise<unknown>, pattern: RegExp): Promise<void
 
 function describeCheckpoints(label: string, open: () => Promise<ObjectStore>, corrupt: (store: ObjectStore, key: string, bytes: Buffer) => Promise<void>) {
   describe(`checkpoints on ${label}`, () => {
+    it('leaves secrets of the config out of the manifest', async () => {
+      const store = await open();
+      const ref = await writeCheckpointObject(store, 3, 'params.bin', content(3, 'params.bin'));
+      const config = { name: 'test', dashboard: { token: 'dashboard-secret-0123456789', tokenEnv: 'PARTI_DASHBOARD_TOKEN' }, model: { tokenizer: { codebookSize: 8 } } };
+      await commitManifest(store, { ...manifestFor(3, [ref]), config }, { keep: 2 });
+      const text = (await store.get(manifestKey(3))).toString();
+      assert.ok(!text.includes('dashboard-secret-0123456789'));
+      const loaded = await loadCheckpoint(store, 3, { configHash: HASH });
+      assert.deepEqual(loaded.manifest.config, { name: 'test', dashboard: { tokenEnv: 'PARTI_DASHBOARD_TOKEN' }, model: { tokenizer: { codebookSize: 8 } } });
+    });
+
     it('commits objects then manifest, and loads latest verified', async () => {
       const store = await open();
       assert.equal(await loadCheckpoint(store, 'latest', { configHash: HASH }), null);
@@ -140,6 +151,12 @@ function describeCheckpoints(label: string, open: () => Promise<ObjectStore>, co
       await corrupt(store, manifestKey(3), (await store.get(manifestKey(3))).subarray(0, 50));
       await rejectsNaming(loadCheckpoint(store, 2, { configHash: HASH }), /manifests\/000000000002\.json fails its schema: objects\.0\.sha256/);
       await rejectsNaming(loadCheckpoint(store, 3, { configHash: HASH }), /manifests\/000000000003\.json is not valid JSON/);
+      // A manifest may not point a reader at keys outside its step.
+      const m1 = JSON.parse((await store.get(manifestKey(1))).toString());
+      m1.objects[0].key = manifestKey(2);
+      await corrupt(store, manifestKey(1), Buffer.from(JSON.stringify(m1)));
+      await rejectsNaming(loadCheckpoint(store, 1, { configHash: HASH }), /object params\.bin has key "manifests\/000000000002\.json", expected steps\/000000000001\/params\.bin/);
+      await saveStep(store, 1);
       const loaded = (await loadCheckpoint(store, 'latest', { configHash: HASH }))!;
       assert.equal(loaded.manifest.step, 1);
       assert.equal(loaded.warnings.length, 2);

@@ -18,6 +18,7 @@ import {
   type ManifestInput,
 } from './checkpoint-manifest.ts';
 import { PartiError } from '../errors.ts';
+import { SecretRedactor, redactConfig } from '../security/secret-redactor.ts';
 import { log, tracer } from '../observability/log.ts';
 
 const trace = tracer('checkpoint');
@@ -110,7 +111,10 @@ export interface CommitResult {
  */
 export async function commitManifest(store: ObjectStore, input: ManifestInput, options: CommitOptions): Promise<CommitResult> {
   if (!Number.isInteger(options.keep) || options.keep < 2) throw new PartiError('checkpoint', `checkpoint keep: must be an integer >= 2, got ${options.keep}`);
-  const candidate = { ...input, format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, committedAt: new Date().toISOString() };
+  // The config goes into storage that outlives the job and may be shared: secret fields (dashboard
+  // and job tokens, keys) are left out and known secret values redacted. The hash is unchanged.
+  const config = redactConfig(input.config, SecretRedactor.fromEnv());
+  const candidate = { ...input, config, format: CHECKPOINT_FORMAT, version: CHECKPOINT_VERSION, committedAt: new Date().toISOString() };
   const parsed = checkpointManifestSchema.safeParse(candidate);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

@@ -4,6 +4,7 @@ import {
   MANIFESTS_PREFIX,
   checkpointManifestSchema,
   manifestKey,
+  objectKey,
   stepOfManifestKey,
   type CheckpointManifest,
   type CheckpointObjectRef,
@@ -92,9 +93,15 @@ export async function readManifest(store: ObjectStore, step: number, signal?: Ab
   const parsed = checkpointManifestSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} fails its schema: ${issue.path.map(String).join('.') || '(top level)'}: ${issue.message}`);
+    const where = issue.path.map(String).join('.').slice(0, 200) || '(top level)';
+    throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} fails its schema: ${where}: ${issue.message.slice(0, 300)}`);
   }
   if (parsed.data.step !== step) throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} says step ${parsed.data.step}`);
+  // Objects live under their own step: a manifest must not send a reader to any other key.
+  for (const o of parsed.data.objects) {
+    if (o.key !== objectKey(step, o.name))
+      throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} fails its schema: object ${o.name} has key ${JSON.stringify(o.key.slice(0, 200))}, expected ${objectKey(step, o.name)}`);
+  }
   return parsed.data;
 }
 

@@ -28,8 +28,8 @@ export const objectNameSchema = z
 export const checkpointObjectSchema = z.strictObject({
   /** Name within the checkpoint, e.g. `params.bin`. */
   name: objectNameSchema,
-  /** Store key, `steps/<step>/<name>`. */
-  key: z.string().min(1),
+  /** Store key, `steps/<step>/<name>` (checked against the step when a manifest is read). */
+  key: z.string().min(1).max(1100),
   /** Bytes. */
   size: z.number().int().min(0),
   /** Hex sha256 of the bytes. */
