@@ -98,9 +98,16 @@ export class OnnxGenerator {
   static async load(dir: string, opts: OnnxGeneratorOptions = {}): Promise<OnnxGenerator> {
     const manifest = await readOnnxManifest(dir);
     const g = manifest.graphs;
-    const [enc, pre, step, vq] = await Promise.all(
+    const settled = await Promise.allSettled(
       [g.textEncoder, g.decoderPrefill, g.decoderStep, g.vqganDecoder].map((x) => createSession(join(dir, x.file), opts)),
     );
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) {
+      // Release the sessions that did load before reporting the first failure.
+      await Promise.all(settled.map((r) => (r.status === 'fulfilled' ? r.value.release() : undefined)));
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    const [enc, pre, step, vq] = settled.map((r) => (r as PromiseFulfilledResult<ort.InferenceSession>).value);
     return new OnnxGenerator(dir, manifest, opts.provider ?? 'cpu', enc!, pre!, step!, vq!);
   }
 
