@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import type { DashboardConfig } from '../config/dashboard-schema.ts';
 import { PartiError } from '../errors.ts';
+import { addLogSecret } from '../observability/log.ts';
 
 /** The cookie the page holds after it logged in with the token. */
 export const sessionCookieName = 'parti_dashboard_session';
@@ -12,6 +13,12 @@ export const sessionCookieName = 'parti_dashboard_session';
  * environment variable named by `tokenEnv` when set and non-empty; undefined when none is given.
  */
 export function resolveDashboardToken(config: DashboardConfig, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const token = readDashboardToken(config, env);
+  addLogSecret(token); // whatever its source, it never reaches a log line
+  return token;
+}
+
+function readDashboardToken(config: DashboardConfig, env: NodeJS.ProcessEnv): string | undefined {
   if (config.token) return config.token;
   if (config.tokenFile) {
     let text: string;

@@ -57,3 +57,25 @@ test('PARTI_LOG_FORMAT=pretty writes one readable line per entry: who, where, me
   assert.match(lines[1]!, /INFO: worker 1 \[ring\] chunk sent \{"job":"tiny-1","bytes":10\}$/);
   assert.match(lines[2]!, /INFO: worker 1 plain \{"job":"tiny-1"\}$/);
 });
+
+test('secrets never reach a log line: known tokens, added secrets, Bearer values, secret-named fields', () => {
+  const code = `
+import { log, addLogSecret } from './src/observability/log.ts';
+addLogSecret('from-a-token-file-0123');
+log.info({ url: 'http://x/#token=dash-token-abcdef123456', token: 'anything', nested: { authorization: 'Basic zzz' } }, 'sign in with dash-token-abcdef123456');
+log.warn('header was Bearer abc.def and file from-a-token-file-0123');
+log.error({ err: new Error('bad token dash-token-abcdef123456') }, 'failed');
+`;
+  const lines = run(code, { PARTI_DASHBOARD_TOKEN: 'dash-token-abcdef123456' });
+  assert.equal(lines.length, 3);
+  const text = lines.join('\n');
+  for (const secret of ['dash-token-abcdef123456', 'anything', 'Basic zzz', 'abc.def', 'from-a-token-file-0123']) assert.ok(!text.includes(secret), `${secret} leaked: ${text}`);
+  const [first, second, third] = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.equal(first!.msg, 'sign in with [redacted]');
+  assert.equal(first!.url, 'http://x/#token=[redacted]');
+  assert.deepEqual([first!.token, first!.nested], ['[redacted]', { authorization: '[redacted]' }]);
+  assert.equal(second!.msg, 'header was Bearer [redacted] and file [redacted]');
+  const err = third!.err as { message: string; stack: string };
+  assert.equal(err.message, 'bad token [redacted]');
+  assert.match(err.stack, /^Error: bad token \[redacted\]\n\s+at /);
+});

@@ -1,5 +1,36 @@
 import pino, { type Logger } from 'pino';
 import pinoPretty from 'pino-pretty';
+import { SecretRedactor } from '../security/secret-redactor.ts';
+
+/**
+ * Secrets never reach a log line: the values of the secret environment variables (job token,
+ * dashboard token, AWS keys), values added with addLogSecret, secret shapes (`Bearer …`, PEM keys,
+ * AWS key ids) and the values of secret-named fields (`token`, `authorization`, …).
+ */
+const redactor = SecretRedactor.fromEnv(process.env);
+
+/** Adds a secret the process learnt elsewhere (a token file) to what logs redact. */
+export function addLogSecret(secret: string | undefined): void {
+  redactor.add(secret);
+}
+
+function redactArg(arg: unknown): unknown {
+  if (typeof arg === 'string') return redactor.redact(arg);
+  if (arg instanceof Error) return redactor.redactError(arg);
+  if (arg && typeof arg === 'object') {
+    // Errors keep their stack (redacted) so that pino's err serializer still shows it.
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(arg)) out[k] = v instanceof Error ? redactor.redactError(v) : redactor.redactValue({ [k]: v })[k];
+    return out;
+  }
+  return arg;
+}
+
+const hooks = {
+  logMethod(this: Logger, args: Parameters<Logger['info']>, method: (...a: unknown[]) => void): void {
+    method.apply(this, (args as unknown[]).map(redactArg));
+  },
+};
 
 /**
  * Structured logs. JSON lines (pino) with the bindings a process adds (job, rank, step, role);
@@ -14,7 +45,7 @@ function makeRoot(): Logger {
   if (pretty) {
     // In this thread (not a transport) so that messageFormat can be a function.
     return pino(
-      { level },
+      { level, hooks },
       pinoPretty({
         destination: 2,
         sync: true,
@@ -30,7 +61,7 @@ function makeRoot(): Logger {
       }),
     );
   }
-  return pino({ level, base: { pid: process.pid } }, pino.destination({ fd: 2, sync: true }));
+  return pino({ level, base: { pid: process.pid }, hooks }, pino.destination({ fd: 2, sync: true }));
 }
 
 /** The process-wide logger. Use `log.child({ role, rank, job })` to add bindings. */
