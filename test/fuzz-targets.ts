@@ -23,6 +23,12 @@ import { startImageServer, type ImageBackend } from '../src/serve/image-server.t
 import { createDashboardServer } from '../src/dashboard/dashboard-server.ts';
 import { RunStateStore } from '../src/dashboard/run-state.ts';
 import { createTrainingMetrics } from '../src/observability/metrics.ts';
+import * as grpc from '@grpc/grpc-js';
+import { GrpcTransport } from '../src/collective/grpc-transport.ts';
+import { Coordinator } from '../src/coordinator/coordinator.ts';
+import { startCoordinatorServer } from '../src/coordinator/coordinator-server.ts';
+import { StepPlan } from '../src/coordinator/step-samples.ts';
+import { EpochPlan } from '../src/data/epoch-plan.ts';
 
 /** What one fuzz run did. */
 export interface FuzzReport {
@@ -521,6 +527,114 @@ export async function fuzzDashboardHttp(o: FuzzOptions): Promise<FuzzReport> {
   }
 }
 
+
+// ---------------------------------------------------------------- gRPC servers on untrusted bytes
+
+
+function rawCall(client: grpc.Client, path: string, bytes: Buffer, stream: boolean): Promise<string> {
+  const id = (b: Buffer): Buffer => b;
+  return new Promise((resolve) => {
+    const deadline = Date.now() + 5000;
+    if (stream) {
+      const call = client.makeServerStreamRequest(path, id, id, bytes, { deadline });
+      const t = setTimeout(() => (call.cancel(), resolve('open')), 300);
+      call.on('data', () => {});
+      call.on('error', (e: grpc.ServiceError) => (clearTimeout(t), resolve(grpc.status[e.code] ?? String(e.code))));
+      call.on('end', () => (clearTimeout(t), resolve('end')));
+    } else {
+      client.makeUnaryRequest(path, id, id, bytes, { deadline }, (err) => resolve(err ? (grpc.status[err.code] ?? String(err.code)) : 'OK'));
+    }
+  });
+}
+
+/**
+ * A real collective endpoint (GrpcTransport, token and config hash set) sent random and damaged
+ * Subscribe requests: every call ends with a status or stays parked (a valid request for a future
+ * epoch), none is served frames, and the server still answers afterwards.
+ */
+export async function fuzzCollectiveServer(o: FuzzOptions): Promise<FuzzReport> {
+  const clock = new CaseClock();
+  const token = new Uint8Array(Buffer.from('collective-fuzz-token-0123'));
+  const t = await GrpcTransport.start({ jobId: 'fuzz', jobToken: token, configHash: 'h1', listen: '127.0.0.1:0' });
+  const client = new grpc.Client(t.address, grpc.credentials.createInsecure());
+  const good = encodeSubscribeRequest({ jobId: 'fuzz', epoch: 5, rank: 1, stream: 0, jobToken: token, configHash: 'h1' });
+  try {
+    const prop = fc.asyncProperty(fc.oneof(damage.map((d) => applyDamage(good, d)), fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b))), async (bytes) => {
+      const outcome = await clock.timeAsync(() => rawCall(client, '/parti.collective.v1.Collective/Subscribe', bytes, true), 10_000, 'Subscribe');
+      if (outcome !== 'open') clock.refused++;
+      assert.ok(['open', 'PERMISSION_DENIED', 'INTERNAL', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'CANCELLED'].includes(outcome), outcome);
+    });
+    const report = await run('collective gRPC server (Subscribe, raw bytes)', o, clock, prop as unknown as fc.IAsyncProperty<unknown[]>);
+    assert.equal(await rawCall(client, '/parti.collective.v1.Collective/Subscribe', good, true), 'open', 'still serving after the fuzz');
+    return report;
+  } finally {
+    client.close();
+    await t.close();
+  }
+}
+
+/**
+ * A real coordinator (state machine + gRPC service) with two joined workers, sent random and
+ * damaged messages on all five methods, and well-formed reports with random values (worker ids,
+ * kinds, epochs, steps, checkpoint object lists): every call ends with a status within its
+ * deadline, and the coordinator still answers a known worker's heartbeat afterwards.
+ */
+export async function fuzzCoordinatorServer(o: FuzzOptions): Promise<FuzzReport> {
+  const clock = new CaseClock();
+  const coordinator = new Coordinator({
+    jobId: 'job', configHash: 'h', totalSteps: 1000, microBatch: 2,
+    plan: new StepPlan(new EpochPlan([{ samples: 20 }], { seed: 0, globalBatch: 4 })),
+    targetWorkers: 2, minWorkers: 2, heartbeatMs: 50, failureTimeoutMs: 600_000, stepDeadlineMs: 600_000,
+    zeroStage: 0, checkpointEvery: 0, checkpointAtEnd: false, checkpoints: null, ledgerFile: null,
+  });
+  const server = await startCoordinatorServer(coordinator, '127.0.0.1', 0, 1 << 20);
+  const client = new grpc.Client(server.address, grpc.credentials.createInsecure());
+  const ser = coordinatorService;
+  try {
+    const ids: string[] = [];
+    for (const name of ['a', 'b']) {
+      const reply = coordinator.join({ jobId: 'job', configHash: 'h', workerName: name, collectiveAddress: `127.0.0.1:${name === 'a' ? 1 : 2}`, paramCount: 10 });
+      ids.push(reply.workerId);
+    }
+    const methods = Object.values(ser);
+    const report = fc.record({
+      jobId: fc.constantFrom('job', 'other', ''),
+      workerId: fc.oneof(fc.constantFrom(...ids), fc.string({ maxLength: 10 })),
+      kind: fc.constantFrom('READY', 'REDUCED', 'APPLIED', 'CHECKPOINTED', 'FAILED', 'KIND_UNSPECIFIED'),
+      epoch: fc.nat(3),
+      step: fc.oneof(fc.nat(3), fc.nat()),
+      loss: fc.double(),
+      nonFinite: fc.boolean(),
+      error: fc.string({ maxLength: 30 }),
+      checkpointObjectsJson: fc.oneof(fc.constant(''), fc.json(), fc.string({ maxLength: 40 })),
+    });
+    const prop = fc.asyncProperty(
+      fc.nat(methods.length - 1),
+      fc.oneof(
+        { weight: 2, arbitrary: report.map((r) => ser.report.requestSerialize(r as never)) },
+        { weight: 1, arbitrary: fc.tuple(report, damage).map(([r, d]) => applyDamage(ser.report.requestSerialize(r as never), d)) },
+        { weight: 1, arbitrary: fc.uint8Array({ maxLength: 200 }).map((b) => Buffer.from(b)) },
+      ),
+      async (mi, bytes) => {
+        const m = methods[mi]!;
+        // Report-shaped bytes go to Report half the time, whatever method was drawn.
+        const target = mi % 2 === 0 ? ser.report : m;
+        const outcome = await clock.timeAsync(() => rawCall(client, target.path, bytes, target.responseStream), 10_000, target.path);
+        if (outcome !== 'OK' && outcome !== 'open' && outcome !== 'end') clock.refused++;
+        assert.ok(!['DEADLINE_EXCEEDED', 'UNKNOWN'].includes(outcome), `${target.path}: ${outcome}`);
+      },
+    );
+    const r = await run('coordinator gRPC server (all methods)', o, clock, prop as unknown as fc.IAsyncProperty<unknown[]>);
+    const hb = await rawCall(client, ser.heartbeat.path, ser.heartbeat.requestSerialize({ jobId: 'job', workerId: ids[0]!, state: 'ok' } as never), false);
+    assert.equal(hb, 'OK', 'the coordinator still answers after the fuzz');
+    return r;
+  } finally {
+    client.close();
+    await server.close();
+    coordinator.close();
+  }
+}
+
 /** Every target, in the order bench/fuzz.ts runs them. */
 export const FUZZ_TARGETS = {
   tar: fuzzTar,
@@ -531,4 +645,6 @@ export const FUZZ_TARGETS = {
   coordinator: fuzzCoordinatorMessages,
   serve: fuzzServeHttp,
   dashboard: fuzzDashboardHttp,
+  collectiveServer: fuzzCollectiveServer,
+  coordinatorServer: fuzzCoordinatorServer,
 } as const;
