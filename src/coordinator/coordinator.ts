@@ -186,7 +186,8 @@ export class Coordinator {
     const e = { at: Date.now(), kind, message };
     this.events.push(e);
     if (this.events.length > 1000) this.events.shift();
-    this.log.info({ ...fields, event: kind, step: this.step, epoch: this.epoch }, message);
+    const level = kind === 'refused' || kind === 'failure' || kind === 'abort' ? 'warn' : 'info';
+    this.log[level]({ ...fields, event: kind, step: this.step, epoch: this.epoch }, message);
     for (const fn of this.listeners) fn({ type: 'event', event: e });
   }
 
