@@ -384,7 +384,9 @@ export class CollectiveNode {
       return;
     }
     if (f.kind === 'abort') {
-      this.fail(new PartiError('collective-aborted', `rank ${f.fromRank} aborted epoch ${m.epoch}: ${f.reason}`), false);
+      // The reason is the peer's text: cut to one short line before it reaches errors and logs.
+      const reason = f.reason.replace(/[\u0000-\u001f\u007f]+/g, ' ').slice(0, 500);
+      this.fail(new PartiError('collective-aborted', `rank ${f.fromRank} aborted epoch ${m.epoch}: ${reason}`), false);
       return;
     }
     if (f.payload.byteLength > this.opts.maxMessageBytes) {

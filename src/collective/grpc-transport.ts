@@ -231,6 +231,11 @@ export class GrpcTransport implements CollectiveTransport {
     }
     let links = s.links.get(req.rank);
     if (!links) s.links.set(req.rank, (links = []));
+    // Within an epoch a link is never re-opened (a broken one fails the epoch): a second
+    // subscription for the same stream is someone else's, not a reconnect.
+    if (links[req.stream]) {
+      return this.refuse(call, grpc.status.FAILED_PRECONDITION, `rank ${req.rank} stream ${req.stream} of epoch ${s.m.epoch} is already subscribed`, true);
+    }
     links[req.stream] = call;
     call.on('cancelled', () => this.linkLost(s, req.rank, new PartiError('collective-aborted', `rank ${req.rank} (${s.m.peers[req.rank]}) cancelled its stream`)));
     call.on('error', () => {});
