@@ -250,3 +250,24 @@ test('the server side imports no tfjs (the serving role depends on ONNX Runtime 
   assert.ok(seen.size >= 8, `walked ${seen.size} files`);
   assert.deepEqual([...packages].filter((p) => p.startsWith('@tensorflow')), []);
 });
+
+test('a client that disconnects cancels its generation and frees its slot', async () => {
+  const backend = new HeldBackend();
+  const srv = await startImageServer(backend, { port: 0, concurrency: 1, queueLimit: 0, timeoutMs: 60_000 });
+  try {
+    const c = new AbortController();
+    const pending = fetch(`${srv.url}/v1/images`, { method: 'POST', body: JSON.stringify({ prompt: 'a' }), signal: c.signal }).catch((e: Error) => e);
+    await until(() => backend.started === 1 && srv.queue.running === 1, 'the generation to start');
+    c.abort();
+    assert.ok((await pending) instanceof Error);
+    // The held generation was never released by the test: only the disconnect can end it.
+    await until(() => srv.queue.running === 0, 'the slot to be freed');
+    const next = post(srv.url, { prompt: 'b' });
+    await until(() => backend.started === 2, 'the next request to start');
+    backend.releaseOne(); // the first, already aborted: no effect
+    backend.releaseOne();
+    assert.equal((await next).status, 200);
+  } finally {
+    await srv.close();
+  }
+});
