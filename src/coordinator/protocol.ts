@@ -163,14 +163,16 @@ export interface CoordinatorClient extends grpc.Client {
 
 const ClientConstructor = grpc.makeGenericClientConstructor(coordinatorService, 'Coordinator');
 
-/** gRPC channel options that cap message sizes (both directions) and keep the connection alive. */
+/**
+ * gRPC channel options that cap message sizes (both directions). No HTTP/2 keepalive: a worker's
+ * event loop is blocked for seconds by a tfjs step, so it cannot answer pings in time, and a
+ * keepalive would drop a healthy connection. Liveness is the heartbeats' job (a thread of their
+ * own) and a dead process closes its connections at once.
+ */
 export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
   return {
     'grpc.max_receive_message_length': maxMessageBytes,
     'grpc.max_send_message_length': maxMessageBytes,
-    'grpc.keepalive_time_ms': 10_000,
-    'grpc.keepalive_timeout_ms': 5_000,
-    'grpc.keepalive_permit_without_calls': 1,
   };
 }
 
