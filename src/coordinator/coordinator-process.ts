@@ -6,6 +6,7 @@
 import type { Config } from '../config/schema.ts';
 import { log } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
+import { resolveJobSecurity } from '../security/job-security.ts';
 import { Coordinator, type StepSummary } from './coordinator.ts';
 import { startCoordinatorServer } from './coordinator-server.ts';
 import { jobStage, resolveCoordinatorOptions, type JobOverrides } from './job.ts';
@@ -29,6 +30,7 @@ export interface CoordinatorProcessOptions extends JobOverrides {
 
 /** Runs a job's coordinator to the end; resolves with the final step and why it ended. */
 export async function runCoordinator(config: Config, o: CoordinatorProcessOptions): Promise<{ step: number; reason: string; skippedSteps: number }> {
+  const security = resolveJobSecurity(config.security);
   const opts = await resolveCoordinatorOptions(config, o);
   const coordinator = new Coordinator(opts);
   await coordinator.recover();
@@ -37,6 +39,7 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     o.host ?? config.runtime.coordinatorHost,
     o.port ?? config.runtime.coordinatorPort,
     config.runtime.maxMessageBytes,
+    security,
   );
   const signals = o.signals ?? ['SIGINT', 'SIGTERM'];
   const onSignal = (sig: NodeJS.Signals) => coordinator.requestStop(`${sig}`);

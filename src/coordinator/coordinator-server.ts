@@ -6,6 +6,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { PartiError } from '../errors.ts';
 import { log } from '../observability/log.ts';
+import { bindSecure, secureServerOptions } from '../security/grpc-security.ts';
+import type { JobSecurity } from '../security/job-security.ts';
 import type { Coordinator } from './coordinator.ts';
 import {
   channelOptions,
@@ -48,14 +50,19 @@ function unary<Req, Res>(fn: (req: Req) => Res): grpc.handleUnaryCall<Req, Res> 
   };
 }
 
-/** Serves `coordinator` on host:port (port 0 picks a free one). */
+/**
+ * Serves `coordinator` on host:port (port 0 picks a free one), with the job's security when given
+ * (mutual TLS when configured, every call checked for the job token, the bind policy applied);
+ * plaintext on the address as given otherwise (tests).
+ */
 export async function startCoordinatorServer(
   coordinator: Coordinator,
   host: string,
   port: number,
   maxMessageBytes: number,
+  security?: JobSecurity,
 ): Promise<CoordinatorServer> {
-  const server = new grpc.Server(channelOptions(maxMessageBytes));
+  const server = new grpc.Server({ ...channelOptions(maxMessageBytes), ...(security ? secureServerOptions(security, 'coordinator') : {}) });
   const streams = new Set<grpc.ServerWritableStream<CommandsRequest, Command>>();
   server.addService(coordinatorService, {
     join: unary<JoinRequest, JoinReply>((req) => coordinator.join(req)),
@@ -107,12 +114,18 @@ export async function startCoordinatorServer(
       }
     },
   } as unknown as grpc.UntypedServiceImplementation);
-  const bound = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  ).catch((err: Error) => {
-    throw new PartiError('usage', `coordinator cannot listen on ${host}:${port}: ${err.message}`);
-  });
-  const address = `${host}:${bound}`;
+  let address: string;
+  let bound: number;
+  if (security) {
+    ({ address, port: bound } = await bindSecure(server, `${host}:${port}`, security, 'coordinator'));
+  } else {
+    bound = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    ).catch((err: Error) => {
+      throw new PartiError('usage', `coordinator cannot listen on ${host}:${port}: ${err.message}`);
+    });
+    address = `${host}:${bound}`;
+  }
   log.child({ role: 'coordinator' }).info({ address }, 'coordinator listening');
   return {
     address,

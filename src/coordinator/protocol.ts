@@ -6,6 +6,8 @@
 import { fileURLToPath } from 'node:url';
 import { join, resolve } from 'node:path';
 import type { Config } from '../config/schema.ts';
+import { secureClient } from '../security/grpc-security.ts';
+import type { JobSecurity } from '../security/job-security.ts';
 import protobuf from 'protobufjs';
 import * as grpc from '@grpc/grpc-js';
 import { PartiError } from '../errors.ts';
@@ -176,9 +178,14 @@ export function channelOptions(maxMessageBytes: number): grpc.ChannelOptions {
   };
 }
 
-/** Opens a client of the coordinator at host:port (plaintext). */
-export function createCoordinatorClient(address: string, maxMessageBytes: number): CoordinatorClient {
-  return new ClientConstructor(address, grpc.credentials.createInsecure(), channelOptions(maxMessageBytes)) as unknown as CoordinatorClient;
+/**
+ * Opens a client of the coordinator at host:port: with the job's security (mutual TLS when
+ * configured, the job token on every call), or plaintext without a token when none is given (tests).
+ */
+export function createCoordinatorClient(address: string, maxMessageBytes: number, security?: JobSecurity): CoordinatorClient {
+  if (!security) return new ClientConstructor(address, grpc.credentials.createInsecure(), channelOptions(maxMessageBytes)) as unknown as CoordinatorClient;
+  const { credentials, options } = secureClient(security);
+  return new ClientConstructor(address, credentials, { ...channelOptions(maxMessageBytes), ...options }) as unknown as CoordinatorClient;
 }
 
 /** Prefix of the gRPC status message of a refused peer; the worker maps it back to PartiError('refused'). */

@@ -6,6 +6,8 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { createCoordinatorClient, deadlineIn } from '../coordinator/protocol.ts';
+import type { SecurityConfig } from '../config/security-schema.ts';
+import { resolveJobSecurity } from '../security/job-security.ts';
 
 /** What the main thread sends. */
 export type HeartbeatControl = { type: 'identity'; workerId: string } | { type: 'state'; state: string } | { type: 'stop' };
@@ -18,10 +20,12 @@ export interface HeartbeatThreadData {
   heartbeatMs: number;
   rpcDeadlineMs: number;
   maxMessageBytes: number;
+  /** The `security` section (plain data; the thread resolves it itself), or null for plaintext. */
+  security: SecurityConfig | null;
 }
 
 const data = workerData as HeartbeatThreadData;
-const client = createCoordinatorClient(data.coordinator, data.maxMessageBytes);
+const client = createCoordinatorClient(data.coordinator, data.maxMessageBytes, data.security ? resolveJobSecurity(data.security) : undefined);
 let workerId = '';
 let state = 'starting';
 let inFlight = false;

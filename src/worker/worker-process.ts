@@ -12,6 +12,7 @@ import { createGrpcCollectiveNode } from '../collective/grpc-transport.ts';
 import { openStore } from '../storage/open-store.ts';
 import { checkpointUrl } from '../coordinator/protocol.ts';
 import { log } from '../observability/log.ts';
+import { resolveJobSecurity } from '../security/job-security.ts';
 import { CheckpointShards } from './checkpoint-shards.ts';
 import { LinearModel } from './linear-model.ts';
 import type { Trainable } from './trainable.ts';
@@ -48,8 +49,11 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
   const rt = config.runtime;
   const jobId = o.jobId ?? config.name;
   const hash = configHash(config);
+  const security = resolveJobSecurity(config.security);
   const collective = await createGrpcCollectiveNode({
     jobId,
+    configHash: hash,
+    security,
     listen: o.listen ?? `${rt.workerHost}:${rt.workerPort}`,
     advertise: o.advertise,
     deadlineMs: rt.stepDeadlineMs,
@@ -69,6 +73,7 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
     maxMessageBytes: rt.maxMessageBytes,
     reconnectMs: rt.reconnectMs,
     store: new CheckpointShards(openStore(checkpointUrl(config, o.runDir)), hash),
+    security: { resolved: security, config: config.security },
   });
   const onSignal = (sig: NodeJS.Signals) => void runtime.requestLeave(sig);
   process.on('SIGTERM', onSignal);

@@ -22,6 +22,8 @@ import {
 } from '../coordinator/protocol.ts';
 import { segmentBounds } from '../collective/ring.ts';
 import type { CollectivePort } from './collective-port.ts';
+import type { JobSecurity } from '../security/job-security.ts';
+import type { SecurityConfig } from '../config/security-schema.ts';
 import type { HeartbeatControl, HeartbeatNews, HeartbeatThreadData } from './heartbeat-thread.ts';
 
 const HEARTBEAT_THREAD = new URL('./heartbeat-thread.ts', import.meta.url).href;
@@ -82,6 +84,11 @@ export interface WorkerOptions {
   reconnectMs: number;
   /** Where checkpoints are written and restored from; null: none (tests). */
   store: WorkerStateStore | null;
+  /**
+   * The job's security: resolved (mutual TLS, job token) and the `security` config section it
+   * came from (the heartbeat thread resolves its own). Absent: plaintext without a token (tests).
+   */
+  security?: { resolved: JobSecurity; config: SecurityConfig };
 }
 
 /** Lifecycle of a worker; a wrong transition is PartiError('illegal-state'). */
@@ -136,7 +143,7 @@ export class WorkerRuntime {
   private log = rootLog.child({ role: 'worker' });
 
   constructor(private readonly opts: WorkerOptions) {
-    this.client = createCoordinatorClient(opts.coordinator, opts.maxMessageBytes);
+    this.client = createCoordinatorClient(opts.coordinator, opts.maxMessageBytes, opts.security?.resolved);
   }
 
   private get name(): string {
@@ -253,6 +260,7 @@ export class WorkerRuntime {
         heartbeatMs: this.opts.heartbeatMs,
         rpcDeadlineMs: this.opts.rpcDeadlineMs,
         maxMessageBytes: this.opts.maxMessageBytes,
+        security: this.opts.security?.config ?? null,
       };
       // The thread loads TypeScript through tsx like the CLI; a worker thread does not inherit --import hooks.
       const tsx = import.meta.resolve('tsx/esm/api');
