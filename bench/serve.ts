@@ -9,6 +9,7 @@
  * - generate CLI: one `parti generate` process per image, as a user runs it (process start,
  *   tfjs init and checkpoint load included).
  * - generate in-process: Generator.generate warm, the tfjs compute alone.
+ * - ONNX in-process: OnnxGenerator.generate warm (what the server runs, without HTTP and PNG).
  *
  *   flock /tmp/parti-bench.lock npx tsx bench/serve.ts [--requests N] [--cli-runs K] [--clients C]
  */
@@ -20,6 +21,7 @@ import { parse } from 'yaml';
 import { exportOnnx } from '../src/export/onnx-export.ts';
 import { Generator } from '../src/generate/generator.ts';
 import { writeRandomRun } from '../src/generate/random-run.ts';
+import { OnnxGenerator } from '../src/serve/onnx-generator.ts';
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(name);
@@ -129,6 +131,20 @@ try {
     report('Generator.generate (tfjs wasm) in-process, warm', lat, performance.now() - t0, REQUESTS);
   }
   gen.dispose();
+  {
+    const onnx = await OnnxGenerator.load(join(dir, 'onnx'));
+    const settings = { cfg: 3, topK: 0, topP: 1, temperature: 1, seed: 0 };
+    for (let i = 0; i < 3; i++) await onnx.generate(PROMPT, 1, { ...settings, seed: 1000 + i });
+    const lat: number[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < REQUESTS; i++) {
+      const s = performance.now();
+      await onnx.generate(PROMPT, 1, { ...settings, seed: i });
+      lat.push(performance.now() - s);
+    }
+    report('OnnxGenerator.generate (ONNX Runtime) in-process, warm', lat, performance.now() - t0, REQUESTS);
+    await onnx.release();
+  }
 
   const header = ['path', 'images', 'images/s', 'p50 ms', 'p95 ms'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
