@@ -1,18 +1,26 @@
 import type { Command } from 'commander';
-import { register as registerModel } from './model.ts';
-import { register as registerTrain } from './train.ts';
-import { register as registerBench } from './bench.ts';
-import { register as registerData } from './data.ts';
-import { register as registerLaunch } from './launch.ts';
-import { register as registerCoordinator } from './coordinator.ts';
-import { register as registerWorker } from './worker.ts';
-import { register as registerGenerate } from './generate.ts';
-import { register as registerExport } from './export.ts';
-import { register as registerServe } from './serve.ts';
-import { register as registerCerts } from './certs.ts';
-import { register as registerEval } from './eval.ts';
+
+/** A top-level subcommand and the module that registers it (`export function register(program)`). */
+export interface CommandModule {
+  name: string;
+  load: () => Promise<{ register: (program: Command) => void }>;
+}
 
 /**
- * Every area's subcommands. Each module exports `register(program)`; add one line here per area.
+ * Every area's subcommands, one line per area. Modules load lazily so that a command pulls in only
+ * what it needs: `parti serve` must not load tfjs, `parti data inspect` not gRPC.
  */
-export const commands: ((program: Command) => void)[] = [registerModel, registerTrain, registerBench, registerLaunch, registerData, registerCoordinator, registerWorker, registerGenerate, registerExport, registerServe, registerEval, registerCerts];
+export const commands: CommandModule[] = [
+  { name: 'model', load: () => import('./model.ts') },
+  { name: 'train', load: () => import('./train.ts') },
+  { name: 'bench', load: () => import('./bench.ts') },
+  { name: 'launch', load: () => import('./launch.ts') },
+  { name: 'data', load: () => import('./data.ts') },
+  { name: 'coordinator', load: () => import('./coordinator.ts') },
+  { name: 'worker', load: () => import('./worker.ts') },
+  { name: 'generate', load: () => import('./generate.ts') },
+  { name: 'export', load: () => import('./export.ts') },
+  { name: 'serve', load: () => import('./serve.ts') },
+  { name: 'eval', load: () => import('./eval.ts') },
+  { name: 'certs', load: () => import('./certs.ts') },
+];

@@ -7,17 +7,19 @@ import { commands } from './commands.ts';
  * throws on purpose are printed as one line (never a stack trace) with exit code 2 for usage and
  * config errors and 1 for the rest.
  */
-export function buildProgram(): Command {
+export async function buildProgram(argv: readonly string[] = []): Promise<Command> {
   const program = new Command('parti')
     .description('Train Parti-style text-to-image models on a cluster.')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const register of commands) register(program);
+  // Load only the named subcommand's module; help and unknown names load them all.
+  const named = commands.find((c) => c.name === argv[0]);
+  for (const c of named ? [named] : commands) (await c.load()).register(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = await buildProgram(argv);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
