@@ -13,6 +13,7 @@ import { openStore } from '../src/storage/open-store.ts';
 import { loadCheckpoint } from '../src/storage/checkpoint-load.ts';
 import { CHECKPOINT_FORMAT, CHECKPOINT_VERSION, manifestKey, objectKey } from '../src/storage/checkpoint-manifest.ts';
 import { PartiError } from '../src/errors.ts';
+import { decodeTensorBundle, encodeTensorBundle } from '../src/storage/tensor-bundle.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'parti-ckpt-limits-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -46,4 +47,23 @@ test('sizes a manifest claims are checked before any allocation; an oversized ma
   assert.equal(latest?.manifest.step, 1);
   assert.equal(latest?.warnings.length, 3);
   assert.deepEqual(latest?.objects.get('params.bin'), bytes);
+});
+
+test('a tensor bundle whose header shape does not match its bytes is refused (found by bench/fuzz.ts, seed 2)', () => {
+  const good = Buffer.concat(encodeTensorBundle([{ name: 'w', shape: [4, 8], data: new Float32Array(32) }]));
+  const json = JSON.stringify({ tensors: [{ name: 'w', dtype: 'float32', shape: [488], offset: 0, byteLength: 128 }] });
+  const forged = Buffer.from(good);
+  const old = good.readUInt32LE(4);
+  assert.ok(json.length <= old + (Math.ceil((8 + old) / 64) * 64 - 8 - old), 'the forged header fits in the padding');
+  forged.fill(0x20, 8, 8 + old);
+  forged.write(json, 8);
+  forged.writeUInt32LE(json.length, 4);
+  assert.throws(() => decodeTensorBundle(forged, 'forged'), (e: unknown) => e instanceof PartiError && e.code === 'checkpoint' && /forged: array w has shape \[488\] but 128 bytes of float32/.test(e.message));
+  const twice = JSON.stringify({ tensors: [{ name: 'w', dtype: 'float32', shape: [1], offset: 0, byteLength: 4 }, { name: 'w', dtype: 'float32', shape: [1], offset: 4, byteLength: 4 }] });
+  const dup = Buffer.from(good);
+  dup.fill(0x20, 8, 8 + old);
+  dup.write(twice, 8);
+  dup.writeUInt32LE(twice.length, 4);
+  assert.throws(() => decodeTensorBundle(dup, 'dup'), /dup: array w appears twice/);
+  assert.equal(decodeTensorBundle(good).get('w')!.data.length, 32);
 });
