@@ -154,6 +154,32 @@ test('elastic: with 3 workers and a minimum of 2, SIGKILLs shrink the ring, the 
   }
 });
 
+test('a frozen worker (SIGSTOP: its connections stay open) is declared dead by missed heartbeats; the job goes on; thawed, it rejoins', { timeout: 120_000 }, async () => {
+  const cluster = new Cluster('sigstop');
+  try {
+    const cfg = cluster.config('job', linearConfig({ workers: 3, minWorkers: 2, heartbeatMs: 200, failureTimeoutMs: 1500 }, { steps: STEPS, stepDelayMs: 15 }));
+    const c = await cluster.coordinator(cfg, ['--ledger', 'ledger.jsonl']);
+    const workers = [0, 1, 2].map((i) => cluster.worker(cfg, c.address, `w${i}`));
+    await c.waitFor(/"step":3,/, 60_000);
+    workers[2]!.proc.kill('SIGSTOP');
+    const frozenAt = Date.now();
+    await c.waitFor(/"worldSize":2,/, 30_000);
+    const detectedMs = Date.now() - frozenAt;
+    workers[2]!.proc.kill('SIGCONT');
+    await c.waitFor(/"done":true/, 90_000);
+    for (const w of workers) assert.equal(await w.exited, 0, `${w.name} finished cleanly`);
+    checkExactlyOnce(cluster.ledger(), STEPS, SAMPLES);
+    const log = readFileSync(join(cluster.dir, 'coordinator.log'), 'utf8');
+    assert.match(log, /is gone: no heartbeat for \d+ ms/);
+    assert.ok(detectedMs < 15_000, `the job went on without the frozen worker after ${detectedMs} ms`);
+    const sizes = cluster.ledger().map((e) => e.worldSize);
+    assert.equal(sizes.at(-1), 3, `the thawed worker rejoined (world sizes ${sizes.join(',')})`);
+  } finally {
+    for (const w of cluster.children) if (w.proc.exitCode === null) w.proc.kill('SIGCONT');
+    await cluster.killAll();
+  }
+});
+
 test('SIGTERM: a worker leaves at a step boundary without losing work; the others go on', { timeout: 90_000 }, async () => {
   const cluster = new Cluster('sigterm');
   try {
