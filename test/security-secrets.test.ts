@@ -48,7 +48,7 @@ test('planted secrets appear in no output of a real run', { timeout: 120_000 }, 
   const port = await freePort();
   const job = linearConfig(
     { workers: 2, minWorkers: 2 },
-    { steps: 12, stepDelayMs: 5 },
+    { steps: 30, stepDelayMs: 20 },
     {
       dashboard: { port, token: configDashboardToken },
       checkpoint: { everySteps: 4, keep: 2, atEnd: true },
