@@ -1,0 +1,69 @@
+// `parti train --workers 2` as a user runs it: the launcher starts a coordinator and two workers
+// as child processes on 127.0.0.1, restarts a worker that dies, and on Ctrl-C (SIGINT) checkpoints
+// and stops everything cleanly. The linear test model keeps it fast.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Cluster, linearConfig } from './orchestration-harness.ts';
+
+function childPids(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function commandOf(pid: number): string {
+  try {
+    return execFileSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
+}
+
+test('parti train --workers 2: a dead worker is restarted; SIGINT checkpoints and stops cleanly', { timeout: 120_000 }, async () => {
+  const cluster = new Cluster('launcher');
+  let tree: number[] = [];
+  try {
+    const cfg = cluster.config('job', linearConfig({ workers: 2 }, { steps: 400, stepDelayMs: 10 }, { checkpoint: { everySteps: 0, keep: 2, atEnd: true }, dashboard: { port: 0 } }));
+    const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2'], 'launcher');
+    const stderr: string[] = [];
+    launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
+    const waitErr = async (re: RegExp, ms: number) => {
+      const until = Date.now() + ms;
+      while (!re.test(stderr.join(''))) {
+        assert.ok(Date.now() < until, `launcher did not print ${re} within ${ms} ms: ${stderr.join('').slice(-2000)}`);
+        assert.equal(launcher.proc.exitCode, null, `launcher exited early: ${stderr.join('').slice(-2000)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await waitErr(/parti step +10\//, 60_000);
+    assert.match(stderr.join(''), /dashboard: http:\/\/127\.0\.0\.1:\d+/);
+    tree = childPids(launcher.proc.pid!);
+    const workers = tree.filter((p) => / worker /.test(commandOf(p)));
+    assert.equal(workers.length, 2, 'two worker processes');
+    process.kill(workers[0]!, 'SIGKILL');
+    await waitErr(/worker \d died \(SIGKILL\); restarting it/, 30_000);
+    await new Promise((r) => setTimeout(r, 2000));
+    tree = childPids(launcher.proc.pid!);
+    await waitErr(/parti step +(2\d|[3-9]\d)\//, 60_000);
+    launcher.proc.kill('SIGINT');
+    await waitErr(/stopping: checkpoint/, 10_000);
+    assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
+    const manifests = readdirSync(join(cluster.dir, 'run', 'checkpoints', 'manifests'));
+    assert.equal(manifests.length, 1, `one checkpoint committed on stop: ${manifests}`);
+    assert.equal(childPids(launcher.proc.pid!).length, 0);
+  } finally {
+    for (const pid of [...tree, ...childPids(cluster.children[0]?.proc.pid ?? -1)]) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    await cluster.killAll();
+  }
+});
