@@ -40,6 +40,14 @@ export const imageTokenizerSchema = z
           .prefault({}),
       })
       .prefault({}),
+    /**
+     * Training steps during which the decoder reads the encoder's continuous (l2-normalized)
+     * outputs instead of their nearest codes; the codebook still follows them through the
+     * codebook loss (and dead-code re-seeding). Without this warm-up a small tokenizer settles on
+     * codes that carry where a shape is but not its colour. Absent = 0 (quantize from the start);
+     * left out of the parsed config when absent so existing configs keep their hash.
+     */
+    quantizeFromStep: z.number().int().min(0).optional(),
     /** Re-seed codes unused for this many steps from recent encoder outputs; 0 turns it off. */
     deadCodeSteps: z.number().int().min(0).default(100),
   })

@@ -159,14 +159,18 @@ export class VitVqgan implements Trainable<ImageBatch> {
     const perSample = (rows: tf.Tensor, width: number) => tf.div(tf.sum(rows), N * width);
     const codebookLoss = tf.mul(perSample(tf.square(tf.sub(stopGradient(z), q)), 1), 1);
     const commitLoss = perSample(tf.square(tf.sub(z, stopGradient(q))), 1);
-    const zq = tf.add(z, stopGradient(tf.sub(q, z)));
+    // Warm-up (quantizeFromStep): the decoder reads z itself and no commitment pulls z onto the
+    // codes, so the encoder is free to learn colour; the codebook follows z meanwhile. After it,
+    // the straight-through estimator.
+    const warm = step < (c.quantizeFromStep ?? 0);
+    const zq = warm ? z : tf.add(z, stopGradient(tf.sub(q, z)));
     const out = this.decodeLatents(p, zq, B, ctx);
     const recon = this.pixels(out);
     // Squared error on the [-1, 1] scale: 4x the [0, 1] scale.
     const l2 = tf.div(tf.sum(tf.mul(tf.square(tf.sub(recon, target)), 4)), N * this.patchDim);
     keep('l2', l2);
     keep('codebook', codebookLoss);
-    let total: tf.Tensor = tf.add(tf.add(tf.mul(l2, c.losses.l2), codebookLoss), tf.mul(commitLoss, c.beta));
+    let total: tf.Tensor = tf.add(tf.add(tf.mul(l2, c.losses.l2), codebookLoss), tf.mul(commitLoss, warm ? 0 : c.beta));
     if (c.losses.logitLaplace > 0) {
       const mu = tf.slice(out, [0, 0], [-1, this.patchDim]);
       const logB = tf.slice(out, [0, this.patchDim], [-1, this.patchDim]);
