@@ -1,0 +1,125 @@
+// The dashboard during a real local training run as a user starts it: `parti train --workers 2`
+// (the launcher: a coordinator, which serves the dashboard, and two worker processes on
+// 127.0.0.1), with the linear test model to keep it short. Headless Chromium (Debian's) opens the
+// URL the launcher prints and watches: the worker table, the charts growing, a worker SIGKILLed and
+// restarted by the launcher (failure and recovery in the event log), checkpoints, the end.
+// Screenshots go to test-artifacts/.
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type BrowserContext } from 'playwright-core';
+import { Cluster, freePort, linearConfig } from './orchestration-harness.ts';
+import { overviewResponseSchema } from '../src/dashboard/api-schema.ts';
+
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
+});
+
+function childPids(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  for (const c of childPids(pid)) out.push(c, ...descendants(c));
+  return out;
+}
+
+function commandOf(pid: number): string {
+  try {
+    return execFileSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
+}
+
+const STEPS = 30;
+
+test('Chromium watches `parti train --workers 2` through a worker SIGKILL and restart', { timeout: 150_000 }, async () => {
+  const cluster = new Cluster('dash-launcher');
+  const port = await freePort();
+  const cfg = cluster.config(
+    'job',
+    linearConfig({ workers: 2 }, { steps: STEPS, stepDelayMs: 15 }, { dashboard: { port }, checkpoint: { everySteps: 10, keep: 2, atEnd: true } }),
+  );
+  const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2'], 'launcher');
+  let tree: number[] = [];
+  cleanups.push(async () => {
+    for (const pid of [...tree, ...descendants(launcher.proc.pid ?? -1)]) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    await cluster.killAll();
+  });
+  const stderr: string[] = [];
+  launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
+  const deadline = Date.now() + 60_000;
+  let url: string | undefined;
+  while (!url) {
+    url = /dashboard: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(stderr.join(''))?.[1];
+    assert.ok(Date.now() < deadline, `the launcher printed no dashboard URL: ${stderr.join('').slice(-2000)}`);
+    assert.equal(launcher.proc.exitCode, null, `the launcher exited: ${stderr.join('').slice(-2000)}`);
+    if (!url) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(url, `http://127.0.0.1:${port}/`, 'the dashboard listens on the configured port');
+
+  const profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
+  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
+  const context: BrowserContext = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1400, height: 1000 },
+    timeout: 30_000,
+  });
+  cleanups.push(() => context.close());
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (err) => errors.push(err.message));
+  await page.goto(url, { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelector('#live')?.getAttribute('data-state') === 'live', null, { timeout: 20_000 });
+
+  // The worker table fills in and the charts grow while the run goes on.
+  await page.waitForFunction(() => document.querySelectorAll('#workers tbody tr[data-state="training"]').length === 2, null, { timeout: 60_000 });
+  await page.waitForFunction(() => Number(document.querySelector('#chart-loss')?.getAttribute('data-last-step')) >= 3, null, { timeout: 60_000 });
+  const before = Number(await page.locator('#chart-loss').getAttribute('data-last-step'));
+  assert.ok(before < STEPS, `the page saw the run in progress (step ${before} of ${STEPS})`);
+  await page.waitForFunction(() => Array.from(document.querySelectorAll('#workers tbody tr[data-state="training"] td:nth-child(7)')).every((td) => /^\d+(\.\d+)? (ms|s)$/.test(td.textContent ?? '')), null, { timeout: 20_000 });
+  mkdirSync('test-artifacts', { recursive: true });
+  await page.screenshot({ path: join('test-artifacts', 'dashboard-launcher.png'), fullPage: true });
+
+  // SIGKILL one worker process: the page shows the failure; the launcher restarts the worker and
+  // the job recovers and goes on.
+  tree = descendants(launcher.proc.pid!);
+  const workers = tree.filter((p) => / worker /.test(commandOf(p)));
+  assert.equal(workers.length, 2, 'two worker processes');
+  process.kill(workers[0]!, 'SIGKILL');
+  await page.locator('#events li[data-kind="failure"]').first().waitFor({ timeout: 30_000 });
+  await page.locator('#workers tbody tr[data-state="failed"]').first().waitFor({ timeout: 30_000 });
+  await page.locator('#events li[data-kind="recovery"]').first().waitFor({ timeout: 60_000 });
+  await page.waitForFunction(() => document.querySelectorAll('#workers tbody tr[data-state="training"]').length === 2, null, { timeout: 60_000 });
+  const overview = overviewResponseSchema.parse(await (await fetch(`${url}api/overview`)).json());
+  assert.ok(overview.events.some((e) => e.kind === 'failure') && overview.events.some((e) => e.kind === 'recovery'));
+  await page.screenshot({ path: join('test-artifacts', 'dashboard-launcher-recovered.png'), fullPage: true });
+
+  // The run reaches its last step with its checkpoints listed.
+  await page.waitForFunction((n) => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === String(n), STEPS, { timeout: 90_000 });
+  await page.waitForFunction((n) => Array.from(document.querySelectorAll('#checkpoints tbody tr td:first-child')).some((td) => td.textContent === String(n)), STEPS, { timeout: 30_000 });
+  const rows = await page.locator('#checkpoints tbody tr').allInnerTexts();
+  assert.deepEqual(rows.map((r) => r.split('\t')[0]), ['30', '20', '10']);
+  for (const r of rows) assert.match(r, /\t\d+(\.\d)? (B|KiB|MiB)\t[\d.]+ (ms|s)\t/);
+  await page.screenshot({ path: join('test-artifacts', 'dashboard-launcher-finished.png'), fullPage: true });
+  assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
+  assert.deepEqual(errors, []);
+});
