@@ -253,10 +253,11 @@ async function writeSample(config: Config, runDir: string, params: Float32Array)
 }
 
 /**
- * `parti train --config FILE --run-dir DIR [--workers N] [--steps K] [--stage tokenizer|parti]`:
+ * `parti train --config FILE --run-dir DIR [--workers N] [--steps K] [--stage tokenizer|parti|upsampler]`:
  * the local launcher and the embedded default. The image tokenizer trains in this process
  * (unless already trained); Parti trains data-parallel on a coordinator and N worker processes on
- * 127.0.0.1; the run ends with a sample image. `--single-process` trains both stages here.
+ * 127.0.0.1; the run ends with a sample image, then the upsampler stage when training.upsampler is
+ * set (in this process). `--single-process` trains every stage here.
  */
 export function register(program: Command): void {
   program
@@ -266,19 +267,20 @@ export function register(program: Command): void {
     .requiredOption('--run-dir <dir>', 'directory for checkpoints, logs, metrics.jsonl and sample.png')
     .option('--workers <n>', 'worker processes of the Parti stage (default runtime.workers)')
     .option('--steps <k>', "override each stage's configured steps")
-    .option('--stage <stage>', 'only this stage: tokenizer or parti')
+    .option('--stage <stage>', 'only this stage: tokenizer, parti or upsampler')
     .option('--single-process', 'train every stage in this process (no coordinator, no workers)')
     .action(async (opts: TrainFlags) => {
       const steps = intFlag('--steps', opts.steps, 0);
       const workersFlag = intFlag('--workers', opts.workers, 1);
-      if (opts.stage !== undefined && opts.stage !== 'tokenizer' && opts.stage !== 'parti') {
-        throw usageError('--stage', `must be tokenizer or parti, got ${opts.stage}`);
+      if (opts.stage !== undefined && opts.stage !== 'tokenizer' && opts.stage !== 'parti' && opts.stage !== 'upsampler') {
+        throw usageError('--stage', `must be tokenizer, parti or upsampler, got ${opts.stage}`);
       }
       const config = loadConfig(opts.config);
       const runDir = resolve(opts.runDir);
       const { trainPipeline, tokenizerDir, loadTrainingState, VitVqgan } = await heavy();
       const stage = opts.stage as StageName | undefined;
-      if (opts.singleProcess) {
+      // The upsampler trains in this process too (it needs neither the tokenizer nor Parti).
+      if (opts.singleProcess || stage === 'upsampler') {
         await trainPipeline({ config, runDir, steps, stage });
         return;
       }
@@ -309,5 +311,7 @@ export function register(program: Command): void {
         say(`parti: saved in ${join(runDir, 'parti')}`);
         say(`sample image: ${await writeSample(config, runDir, params)}`);
       }
+      // The third stage, when the config has one: the super-resolution network for --upsample.
+      if (stage === undefined && config.training.upsampler) await trainPipeline({ config, runDir, steps, stage: 'upsampler' });
     });
 }

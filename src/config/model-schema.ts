@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { headsDivideDModel, transformerSchema, transformerShape } from './transformer-schema.ts';
+import { upsamplerSchema } from './upsampler-schema.ts';
 
 /** Byte-level text tokenizer: 256 byte ids plus PAD, BOS, EOS. */
 export const BYTE_VOCAB_MIN = 259;
@@ -74,5 +75,7 @@ export const modelSchema = z.strictObject({
   tokenizer: imageTokenizerSchema,
   /** Probability that a training caption is replaced by the empty caption (for guidance). */
   conditionDropout: z.number().min(0).max(1).default(0.1),
+  /** The super-resolution network of the upsampler stage (defaults apply when absent). */
+  upsampler: upsamplerSchema.optional(),
 });
 export type ModelConfig = z.infer<typeof modelSchema>;

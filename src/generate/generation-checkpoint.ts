@@ -47,8 +47,7 @@ async function exists(path: string): Promise<boolean> {
 
 /** The upsampler config a run uses: `model.upsampler` when the config has it, else the defaults. */
 export function upsamplerConfigOf(config: Config): UpsamplerConfig {
-  const section = (config.model as { upsampler?: unknown }).upsampler;
-  return upsamplerSchema.parse(section ?? {});
+  return upsamplerSchema.parse(config.model.upsampler ?? {});
 }
 
 /**

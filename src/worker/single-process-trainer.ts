@@ -12,13 +12,15 @@ import { log } from '../observability/log.ts';
 import { initBackend } from '../model/backend.ts';
 import { clipScale, createOptimizer, gradientNorm, learningRate, type Optimizer } from '../model/optimizer.ts';
 import { PartiTrainable, type PartiBatch } from '../model/parti-training.ts';
-import { sampleImageTokens } from '../model/sampling.ts';
+import { SAMPLER_DEFAULTS, sampleImageTokens } from '../generate/sampler.ts';
+import { Upsampler, type UpsamplerBatch } from '../model/upsampler.ts';
+import { upsamplerSchema } from '../config/upsampler-schema.ts';
 import type { GradientResult, Trainable } from '../model/trainable.ts';
 import { loadTrainingState, saveTrainingState, type TrainingState } from '../model/training-state.ts';
 import { codebookStats, DeadCodeReseeder, VitVqgan, type ImageBatch } from '../model/vit-vqgan.ts';
 
-/** The two stages `parti train` runs. */
-export type StageName = 'tokenizer' | 'parti';
+/** The stages `parti train` runs: the tokenizer, Parti, and (when training.upsampler is set) the upsampler. */
+export type StageName = 'tokenizer' | 'parti' | 'upsampler';
 
 /** What one optimizer step did. */
 export interface StepReport {
@@ -188,7 +190,7 @@ export async function trainPipeline(opts: TrainOptions): Promise<TrainResult> {
   const ds = await openDataset(config.data, { imageSize: tokCfg.imageSize });
   const reader = ds.createReader();
   try {
-    const stages: StageName[] = opts.stage ? [opts.stage] : ['tokenizer', 'parti'];
+    const stages: StageName[] = opts.stage ? [opts.stage] : ['tokenizer', 'parti', ...(config.training.upsampler ? (['upsampler'] as const) : [])];
     let vqParams: Float32Array | null = null;
     for (const stage of stages) {
       if (stage === 'tokenizer') {
@@ -199,6 +201,9 @@ export async function trainPipeline(opts: TrainOptions): Promise<TrainResult> {
         const r = await runTokenizerStage(config, opts, runDir, join(runDir, 'tokenizer'), vq, ds.shards, reader, say);
         result.stages.push(r.summary);
         vqParams = r.params;
+      } else if (stage === 'upsampler') {
+        const r = await runUpsamplerStage(config, opts, runDir, say);
+        result.stages.push(r.summary);
       } else {
         if (!vqParams) {
           const s = await loadTrainingState(tokenizerDir, vq.layout);
@@ -231,6 +236,8 @@ interface StageSetup<TBatch extends { ids: readonly number[] }> {
   afterStep?: (runner: StageRunner<TBatch>, result: GradientResult, step: number) => Record<string, number>;
   extraState?: () => Record<string, Float32Array | Int32Array>;
   restoreExtra?: (extra: Record<string, Float32Array | Int32Array>) => void;
+  /** Fresh parameters (default: the layout's init). */
+  initialize?: (seed: number) => Float32Array;
 }
 
 async function runStage<TBatch extends { ids: readonly number[] }>(
@@ -252,7 +259,7 @@ async function runStage<TBatch extends { ids: readonly number[] }>(
   const runner = new StageRunner(setup.trainable, setup.stageCfg, {
     seed,
     totalSteps: steps,
-    params: previous ? previous.params : setup.trainable.layout.initialize(seed),
+    params: previous ? previous.params : (setup.initialize?.(seed) ?? setup.trainable.layout.initialize(seed)),
     slice: setup.slice,
   });
   if (previous) {
@@ -420,6 +427,40 @@ async function runPartiStage(
   return { ...r, trainable };
 }
 
+/**
+ * The upsampler stage: the super-resolution network (model.upsampler, defaults when absent)
+ * learns to restore original images of side `trainImageSize` (default tokenizer.imageSize *
+ * scale) from their box-downsampled copies, on the same data source (synthetic shapes are drawn
+ * at that size). Its checkpoint goes to `<run>/upsampler/`.
+ */
+async function runUpsamplerStage(config: Config, opts: TrainOptions, runDir: string, say: (line: string) => void) {
+  const stageCfg = config.training.upsampler;
+  if (!stageCfg) throw new PartiError('config', 'training.upsampler: required to train the upsampler stage (steps, batchSize, optimizer)');
+  const upCfg = upsamplerSchema.parse(config.model.upsampler ?? {});
+  const tok = config.model.tokenizer;
+  const size = upCfg.trainImageSize ?? tok.imageSize * upCfg.scale;
+  if (size % upCfg.scale !== 0) throw new PartiError('config', `model.upsampler.trainImageSize: ${size} is not a multiple of scale ${upCfg.scale}`);
+  const up = new Upsampler(upCfg, tok.channels, tok.losses.l2);
+  const bytes = size * size * tok.channels;
+  const ds = await openDataset(config.data, { imageSize: size });
+  const reader = ds.createReader();
+  try {
+    const setup: StageSetup<UpsamplerBatch> = {
+      name: 'upsampler',
+      trainable: up,
+      stageCfg,
+      dir: join(runDir, 'upsampler'),
+      makeBatch: async (ids, samples) => ({ ids, images: concatImages(samples) }),
+      slice: (b, s, e) => ({ ids: b.ids.slice(s, e), images: b.images.subarray(s * bytes, e * bytes) }),
+      initialize: (seed) => up.initialize(seed),
+    };
+    return await runStage(config, opts, runDir, setup, ds.shards, reader, say);
+  } finally {
+    await reader.close();
+    await ds.close();
+  }
+}
+
 /** Captions of the sample image (the shapes set's vocabulary). */
 export const SAMPLE_CAPTIONS = ['a red circle above a blue square', 'a green triangle at the top left', 'a yellow square in the center', 'a white cross on the right'];
 
@@ -433,7 +474,19 @@ export async function writeSamplePng(
   file: string,
   captions: readonly string[] = SAMPLE_CAPTIONS,
 ): Promise<string> {
-  const tokens = sampleImageTokens(trainable.model, trainable.tokenizer, params, captions, { seed: config.training.seed, temperature: 1, topK: 0 });
+  // The sampler of `parti generate`, with its default settings and the training seed.
+  const runner = { model: trainable.model, tokenizer: trainable.tokenizer, params: trainable.model.layout.toTensors(params) };
+  const tokens = new Int32Array(captions.length * trainable.model.imageTokens);
+  try {
+    const drawn = sampleImageTokens(
+      runner,
+      captions.map((prompt, promptIndex) => ({ prompt, promptIndex, samples: [0] })),
+      { ...SAMPLER_DEFAULTS, seed: config.training.seed },
+    );
+    drawn.forEach((d, i) => tokens.set(d[0]!, i * trainable.model.imageTokens));
+  } finally {
+    for (const t of runner.params.values()) t.dispose();
+  }
   const images = vq.decode(vqParams, tokens, captions.length);
   const S = config.model.tokenizer.imageSize;
   const C = config.model.tokenizer.channels;
