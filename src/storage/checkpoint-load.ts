@@ -1,3 +1,4 @@
+import { constants as bufferConstants } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import type { ObjectStore } from './object-store.ts';
 import {
@@ -73,11 +74,18 @@ export async function loadCheckpoint(store: ObjectStore, which: 'latest' | numbe
   throw new PartiError('checkpoint', `${store.url}: no checkpoint loads (${warnings.length} tried): ${warnings.join(' | ')}`);
 }
 
+/** Largest manifest read: real ones are a few KiB; the store's bytes are not trusted. */
+const MAX_MANIFEST_BYTES = 16 << 20;
+
 /** Reads and validates the manifest of a step. */
 export async function readManifest(store: ObjectStore, step: number, signal?: AbortSignal): Promise<CheckpointManifest> {
   const key = manifestKey(step);
   let raw: Buffer;
   try {
+    const info = await store.head(key);
+    if (info && info.size > MAX_MANIFEST_BYTES) {
+      throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} has ${info.size} bytes, more than a manifest may have (${MAX_MANIFEST_BYTES})`);
+    }
     raw = await store.get(key, { signal });
   } catch (err) {
     if (err instanceof StorageError && err.reason === 'not-found')
@@ -113,12 +121,13 @@ async function loadStep(store: ObjectStore, step: number, options: LoadOptions):
   const objects = new Map<string, Buffer>();
   for (const ref of manifest.objects) {
     const what = `checkpoint step ${step}: object ${ref.name} (${ref.key})`;
-    if (options.select && !options.select(ref)) {
-      const info = await store.head(ref.key);
-      if (!info) throw new PartiError('checkpoint', `${what} is missing`);
-      if (info.size !== ref.size) throw new PartiError('checkpoint', `${what} has ${info.size} bytes, the manifest says ${ref.size} (truncated or replaced)`);
-      continue;
-    }
+    // Sizes are checked before anything is allocated: the manifest's `size` is not trusted to be
+    // what the store holds, nor to fit in a buffer.
+    if (ref.size > bufferConstants.MAX_LENGTH) throw new PartiError('checkpoint', `${what}: the manifest says ${ref.size} bytes, more than a buffer holds`);
+    const info = await store.head(ref.key);
+    if (!info) throw new PartiError('checkpoint', `${what} is missing`);
+    if (info.size !== ref.size) throw new PartiError('checkpoint', `${what} has ${info.size} bytes, the manifest says ${ref.size} (truncated or replaced)`);
+    if (options.select && !options.select(ref)) continue;
     // Stream it, hashing each piece as it arrives (overlapping the read), into a buffer of the
     // size the manifest promises; more or fewer bytes than that is a truncated or replaced object.
     let stream;

@@ -91,6 +91,13 @@ export function decodeTensorBundle(bytes: Uint8Array, source = 'tensor bundle'):
     if (start + t.byteLength > buf.length) throw new PartiError('checkpoint', `${source}: array ${t.name} runs past the end`);
     const Ctor = CTORS[t.dtype];
     const count = t.byteLength / Ctor.BYTES_PER_ELEMENT;
+    // The header is untrusted: its shape must describe exactly the bytes it points at, or model
+    // code would read a tensor of one shape from data of another.
+    const elements = t.shape.reduce((x, y) => x * y, 1);
+    if (!Number.isInteger(count) || elements !== count) {
+      throw new PartiError('checkpoint', `${source}: array ${t.name.slice(0, 100)} has shape [${t.shape.slice(0, 8).join(', ')}] but ${t.byteLength} bytes of ${t.dtype}`);
+    }
+    if (out.has(t.name)) throw new PartiError('checkpoint', `${source}: array ${t.name.slice(0, 100)} appears twice`);
     const abs = buf.byteOffset + start;
     const data =
       abs % Ctor.BYTES_PER_ELEMENT === 0
