@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config/load.ts';
@@ -111,8 +111,7 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PARTI_LOG_FORMAT: 'json' },
     });
-    const log = join(logDir, `${logName}.log`);
-    child.stderr!.on('data', (d: Buffer) => writeFileSync(log, d, { flag: 'a' }));
+    child.stderr!.pipe(createWriteStream(join(logDir, `${logName}.log`), { flags: 'a' }));
     children.add(child);
     child.on('exit', () => children.delete(child));
     return child;
