@@ -5,7 +5,7 @@
 // certificate comes from another CA never gets in.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cluster, linearConfig } from './orchestration-harness.ts';
 import { createDevCertificates } from '../src/security/dev-certificates.ts';
@@ -47,4 +47,6 @@ test('a job over mTLS with a job token; a wrong token and a foreign CA are refus
   assert.match(log('coordinator'), /mutual TLS on 127\.0\.0\.1/);
   assert.match(log('w0'), /collective: mutual TLS on/);
   assert.ok(!log('wrong-token').includes('the-job-token-0123456789') && !log('coordinator').includes('another-token-0123456789'), 'no token value in any log');
+  // Passed: the run directory goes (a failure keeps it for reading).
+  rmSync(cluster.dir, { recursive: true, force: true });
 });

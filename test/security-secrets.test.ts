@@ -7,7 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { stringify } from 'yaml';
 import { Cluster, freePort, linearConfig } from './orchestration-harness.ts';
@@ -107,4 +107,7 @@ test('planted secrets appear in no output of a real run', { timeout: 120_000 }, 
   }
   assert.deepEqual(leaks, [], `secrets leaked:\n${leaks.join('\n')}`);
   assert.ok(statSync(cluster.dir).isDirectory());
+  // Passed: the run directory and certificates go (a failure keeps them for reading).
+  rmSync(cluster.dir, { recursive: true, force: true });
+  rmSync(join(cluster.dir, '..', `parti-secrets-certs-${tag}`), { recursive: true, force: true });
 });
