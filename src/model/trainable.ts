@@ -59,25 +59,33 @@ export function flatGradients(
   try {
     const names = layout.entries.map((e) => e.name);
     const xs = names.map((n) => tensors.get(n)!);
-    const [lossT, flatT] = tf.tidy(() => {
+    const { value: lossT, grads: gradTs } = tf.tidy(() => {
       const f = (...args: tf.Tensor[]) => {
         const m = new Map<string, tf.Tensor>();
         names.forEach((n, i) => m.set(n, args[i]!));
         return lossFn(m, (name, t) => keptTensors.set(name, tf.keep(t)));
       };
       // allowNoGradients: a part that does not feed the loss this step (the discriminator before
-      // its start step) gets a zero gradient instead of an error.
-      const { value, grads } = tf.engine().gradients(() => f(...xs) as tf.Tensor, xs, undefined, true);
-      const flat = tf.concat(grads.map((g, i) => tf.reshape(g ?? tf.zerosLike(xs[i]!), [-1])));
-      return [value, flat];
+      // its start step) gets null: its slice of the flat gradient stays zero.
+      return tf.engine().gradients(() => f(...xs) as tf.Tensor, xs, undefined, true);
     });
-    const grads = flatT.dataSync() as Float32Array;
-    const loss = lossT.dataSync()[0]!;
-    lossT.dispose();
-    flatT.dispose();
+    // Each gradient is read straight into its slice of the flat array: no concat kernel and no
+    // second copy of the whole gradient on the backend.
+    const grads = new Float32Array(layout.size);
+    let loss: number;
+    try {
+      layout.entries.forEach((e, i) => {
+        const g = gradTs[i];
+        if (g) grads.set(g.dataSync() as Float32Array, e.offset);
+      });
+      loss = lossT.dataSync()[0]!;
+    } finally {
+      lossT.dispose();
+      for (const g of gradTs) g?.dispose();
+    }
     const kept = new Map<string, Float32Array | Int32Array | Uint8Array>();
     for (const [k, t] of keptTensors) kept.set(k, t.dataSync() as Float32Array | Int32Array | Uint8Array);
-    return { loss, grads: grads.length === layout.size ? grads : new Float32Array(grads), kept };
+    return { loss, grads, kept };
   } finally {
     for (const t of tensors.values()) t.dispose();
     for (const t of keptTensors.values()) t.dispose();
