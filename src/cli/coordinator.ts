@@ -10,6 +10,14 @@ function int(flag: string, min: number) {
   };
 }
 
+/** Parses `--resume latest|STEP` (STEP a committed step, an integer >= 0). */
+export function parseResume(v: string): 'latest' | number {
+  if (v === 'latest') return v;
+  const n = /^\d+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n)) throw usageError('--resume', `must be latest or a committed step (an integer >= 0), got ${JSON.stringify(v)}`);
+  return n;
+}
+
 /** `parti coordinator`: the coordinator of one job (what a cluster runs; `parti train` starts one locally). */
 export function register(program: Command): void {
   program
@@ -24,8 +32,9 @@ export function register(program: Command): void {
     .option('--min-workers <n>', 'fewest workers it keeps training with (default runtime.minWorkers)', int('--min-workers', 1))
     .option('--steps <n>', 'optimizer steps (default: the stage config)', int('--steps', 1))
     .option('--ledger <file>', 'test mode: write the exactly-once ledger here (relative to the run dir)')
+    .option('--resume <latest|step>', 'resume from the newest committed checkpoint (default) or exactly this committed step', parseResume)
     .option('--stop-with-parent', 'checkpoint and stop when the parent process goes away (used by parti train)')
-    .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string; stopWithParent?: boolean }) => {
+    .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string; resume?: 'latest' | number; stopWithParent?: boolean }) => {
       const config = loadConfig(o.config);
       // loaded here, not at start-up: every `parti` command imports this module
       const { runCoordinator } = await import('../coordinator/coordinator-process.ts');
@@ -38,6 +47,7 @@ export function register(program: Command): void {
         minWorkers: o.minWorkers,
         steps: o.steps,
         ledger: o.ledger,
+        resume: o.resume,
         stopWithParent: o.stopWithParent,
         onDashboard: (url) => process.stdout.write(`dashboard: ${url}\n`),
         onListening: (address) => process.stdout.write(`coordinator listening on ${address}\n`),

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { PartiError, usageError } from '../errors.ts';
+import { parseResume } from './coordinator.ts';
 import type { StageName } from '../worker/single-process-trainer.ts';
 
 /**
@@ -61,6 +62,7 @@ interface TrainFlags {
   steps?: string;
   stage?: string;
   singleProcess?: boolean;
+  resume?: 'latest' | number;
 }
 
 function intFlag(flag: string, v: string | undefined, min: number): number | undefined {
@@ -94,7 +96,7 @@ function lines(child: ChildProcess, onLine: (line: string) => void): void {
  * 127.0.0.1, started as child processes. A worker that dies is restarted; Ctrl-C checkpoints and
  * stops the job cleanly (a second Ctrl-C kills it). Returns the final parameters' file, if any.
  */
-async function runLocalJob(config: Config, runDir: string, workers: number, say: (line: string) => void): Promise<string | null> {
+async function runLocalJob(config: Config, runDir: string, workers: number, say: (line: string) => void, resume?: 'latest' | number): Promise<string | null> {
   const { jobStage } = await heavy();
   // Children read the effective config (with --steps applied) so that all of them hash alike.
   mkdirSync(runDir, { recursive: true });
@@ -116,7 +118,7 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
     child.on('exit', () => children.delete(child));
     return child;
   };
-  const coordinator = start(['coordinator', '--config', configFile, '--run-dir', runDir, '--port', '0', '--workers', String(workers), '--stop-with-parent'], 'coordinator');
+  const coordinator = start(['coordinator', '--config', configFile, '--run-dir', runDir, '--port', '0', '--workers', String(workers), '--stop-with-parent', ...(resume !== undefined ? ['--resume', String(resume)] : [])], 'coordinator');
   let stopping = 0;
   const onSigint = () => {
     stopping++;
@@ -152,6 +154,12 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
       setTimeout(() => !done && stopping === 0 && startWorker(slot, generation + 1), RESTART_DELAY_MS);
     });
   };
+  // The coordinator's own one-line error (a bad --resume step, say), to repeat when it fails.
+  let coordinatorError = '';
+  coordinator.stderr!.on('data', (d: Buffer) => {
+    const m = /^parti: (.*)$/m.exec(d.toString());
+    if (m) coordinatorError = m[1]!;
+  });
   const exited = new Promise<number>((resolveExit) => coordinator.on('exit', (code, signal) => resolveExit(code ?? (signal ? 1 : 0))));
   lines(coordinator, (line) => {
     const listening = /^coordinator listening on (\S+)/.exec(line);
@@ -194,7 +202,7 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
     const deadline = Date.now() + 30_000;
     while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     for (const c of children) c.kill('SIGKILL');
-    if (code !== 0) throw new PartiError('internal', `the coordinator exited with code ${code} (see ${join(logDir, 'coordinator.log')})`);
+    if (code !== 0) throw new PartiError('internal', `the coordinator exited with code ${code}${coordinatorError ? `: ${coordinatorError}` : ''} (see ${join(logDir, 'coordinator.log')})`);
     say(`parti: ${formatDuration((Date.now() - started) / 1000)} with ${workers} workers; logs in ${logDir}`);
   } finally {
     process.off('SIGINT', onSigint);
@@ -267,6 +275,7 @@ export function register(program: Command): void {
     .option('--workers <n>', 'worker processes of the Parti stage (default runtime.workers)')
     .option('--steps <k>', "override each stage's configured steps")
     .option('--stage <stage>', 'only this stage: tokenizer, parti or upsampler')
+    .option('--resume <latest|step>', 'Parti stage: resume from the newest committed checkpoint (default) or exactly this committed step', parseResume)
     .option('--single-process', 'train every stage in this process (no coordinator, no workers)')
     .action(async (opts: TrainFlags) => {
       const steps = intFlag('--steps', opts.steps, 0);
@@ -303,7 +312,7 @@ export function register(program: Command): void {
       }
       const workers = workersFlag ?? config.runtime.workers;
       config.runtime.workers = workers;
-      const paramsFile = await runLocalJob(config, runDir, workers, say);
+      const paramsFile = await runLocalJob(config, runDir, workers, say, opts.resume);
       if (testModel) return;
       const params = await savePartiStage(config, runDir, paramsFile);
       if (params) {

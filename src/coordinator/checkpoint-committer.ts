@@ -4,7 +4,8 @@
  * checks each one before it writes the manifest).
  */
 import { commitManifest } from '../storage/checkpoint-commit.ts';
-import { loadCheckpoint } from '../storage/checkpoint-load.ts';
+import { listCheckpointSteps, loadCheckpoint } from '../storage/checkpoint-load.ts';
+import { PartiError } from '../errors.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { log } from '../observability/log.ts';
 import type { CheckpointCommitter, CheckpointObject } from './coordinator.ts';
@@ -21,6 +22,17 @@ export class StoreCheckpointCommitter implements CheckpointCommitter {
     const latest = await loadCheckpoint(this.store, 'latest', { configHash: this.opts.configHash, select: () => false });
     for (const w of latest?.warnings ?? []) log.warn({ store: this.store.url }, w);
     return latest ? latest.manifest.step : null;
+  }
+
+  async verifyStep(step: number): Promise<void> {
+    const committed = await listCheckpointSteps(this.store);
+    const have = committed.length ? committed.join(', ') : 'none';
+    if (!committed.includes(step)) throw new PartiError('checkpoint', `--resume ${step}: no committed checkpoint at step ${step} in ${this.store.url} (committed steps: ${have})`);
+    try {
+      await loadCheckpoint(this.store, step, { configHash: this.opts.configHash, select: () => false });
+    } catch (e) {
+      throw new PartiError('checkpoint', `--resume ${step}: checkpoint ${step} does not load (${(e as Error).message}); committed steps: ${have}`);
+    }
   }
 
   async commit(step: number, worldSize: number, objects: CheckpointObject[]): Promise<void> {

@@ -33,7 +33,7 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
   const security = resolveJobSecurity(config.security);
   const opts = await resolveCoordinatorOptions(config, o);
   const coordinator = new Coordinator(opts);
-  await coordinator.recover();
+  await coordinator.recover(o.resume ?? 'latest');
   const server = await startCoordinatorServer(
     coordinator,
     o.host ?? config.runtime.coordinatorHost,

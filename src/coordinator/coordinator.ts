@@ -58,6 +58,8 @@ export interface CheckpointObject {
 export interface CheckpointCommitter {
   /** The newest committed step, or null when there is none. */
   latestStep(): Promise<number | null>;
+  /** Checks that `step` is committed and loads; throws a one-line error naming it (and the committed steps) if not. */
+  verifyStep?(step: number): Promise<void>;
   /** Writes the manifest of step `step` listing every object (after they all landed). */
   commit(step: number, worldSize: number, objects: CheckpointObject[]): Promise<void>;
 }
@@ -164,8 +166,21 @@ export class Coordinator {
     this.timer.unref();
   }
 
-  /** Recovers the step clock from the latest committed checkpoint (a restarted coordinator). */
-  async recover(): Promise<void> {
+  /**
+   * Recovers the step clock from the latest committed checkpoint (a restarted coordinator), or from
+   * exactly `resume` when it is a step (`--resume STEP`: no fallback; an error when it does not load).
+   */
+  async recover(resume: 'latest' | number = 'latest'): Promise<void> {
+    if (resume !== 'latest') {
+      if (!this.opts.checkpoints?.verifyStep) throw new PartiError('checkpoint', `--resume ${resume}: this job has no checkpoint storage to resume from`);
+      await this.opts.checkpoints.verifyStep(resume);
+      this.step = resume;
+      this.lastCheckpointStep = resume;
+      this.restoreStep = resume;
+      this.log.info({ step: resume }, 'resuming the job from the requested committed checkpoint');
+      this.ledger?.truncateTo(this.step);
+      return;
+    }
     const latest = this.opts.checkpoints ? await this.opts.checkpoints.latestStep() : null;
     if (latest !== null) {
       this.step = latest;

@@ -27,6 +27,8 @@ export interface JobOverrides {
   /** Override the stage's steps. */
   steps?: number;
   ledger?: string | null;
+  /** Which committed checkpoint to resume from: the newest (default) or exactly this step. */
+  resume?: 'latest' | number;
 }
 
 /** Steps, batch and micro-batch of the job's stage. */
