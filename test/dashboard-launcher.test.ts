@@ -118,7 +118,8 @@ test('Chromium watches `parti train --workers 2` through a worker SIGKILL and re
   await page.waitForFunction((n) => Array.from(document.querySelectorAll('#checkpoints tbody tr td:first-child')).some((td) => td.textContent === String(n)), STEPS, { timeout: 30_000 });
   const rows = await page.locator('#checkpoints tbody tr').allInnerTexts();
   assert.deepEqual(rows.map((r) => r.split('\t')[0]), ['30', '20', '10']);
-  for (const r of rows) assert.match(r, /\t\d+(\.\d)? (B|KiB|MiB)\t[\d.]+ (ms|s)\t/);
+  // Size, save time and where the manifest is (the run directory's checkpoints/ store).
+  for (const [i, r] of rows.entries()) assert.match(r, new RegExp(`\\t\\d+(\\.\\d)? (B|KiB|MiB)\\t[\\d.]+ (ms|s)\\t\\S*/run/checkpoints/manifests/0+${30 - 10 * i}\\.json$`));
   await page.screenshot({ path: join('test-artifacts', 'dashboard-launcher-finished.png'), fullPage: true });
   assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
   assert.deepEqual(errors, []);

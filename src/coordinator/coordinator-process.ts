@@ -9,6 +9,7 @@ import { PartiError } from '../errors.ts';
 import { resolveJobSecurity } from '../security/job-security.ts';
 import { Coordinator, type StepSummary } from './coordinator.ts';
 import { startCoordinatorServer } from './coordinator-server.ts';
+import { checkpointUrl } from './protocol.ts';
 import { jobStage, resolveCoordinatorOptions, type JobOverrides } from './job.ts';
 import { startCoordinatorDashboard, type CoordinatorDashboard } from '../dashboard/coordinator-bridge.ts';
 
@@ -55,6 +56,7 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
       name: config.name,
       stage: stage.stage,
       batchSize: stage.batch,
+      checkpointStore: checkpointUrl(config, o.runDir),
       // Several local coordinators may share a machine; a cluster's Service needs the configured port.
       onPortInUse: ['127.0.0.1', 'localhost', '::1'].includes(config.dashboard.host) ? 'any-free-port' : 'fail',
     });
