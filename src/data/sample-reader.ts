@@ -16,6 +16,7 @@ import {
 } from './sample-format.ts';
 import type { ShardSet } from './shard-index.ts';
 import { parseTar } from './tar-format.ts';
+import { Semaphore } from '../storage/semaphore.ts';
 
 /**
  * Reads the samples a rank was given (SampleRefs from the epoch plan) and decodes them.
@@ -106,21 +107,6 @@ type LoadedShard =
   | { ok: true; samples: RawSample[]; truncated: boolean; problems: number }
   | { ok: false; reason: BadReason; detail: string };
 
-class Semaphore {
-  private waiting: (() => void)[] = [];
-  constructor(private free: number) {}
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve) => this.waiting.push(resolve));
-    try {
-      return await fn();
-    } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.free++;
-    }
-  }
-}
 
 type Resolved = { ok: true; sample: DecodedSample } | { ok: false; reason: BadReason; detail: string; key: string | null };
 

@@ -7,6 +7,7 @@ import type { GetOptions, ObjectInfo, ObjectStore, PutOptions, StorageFailure } 
 import { StorageError, checkKey, checkPrefix } from './storage-error.ts';
 import { log, tracer } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
+import { Semaphore } from './semaphore.ts';
 
 const trace = tracer('storage');
 
@@ -46,22 +47,6 @@ export interface S3StoreOptions {
   idleTimeoutMs?: number;
 }
 
-/** A counting semaphore: bounds how many operations run at once. */
-class Semaphore {
-  private waiting: (() => void)[] = [];
-  constructor(private free: number) {}
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve) => this.waiting.push(resolve));
-    try {
-      return await fn();
-    } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.free++;
-    }
-  }
-}
 
 interface SdkError {
   name?: string;
