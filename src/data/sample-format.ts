@@ -157,9 +157,24 @@ export async function decodeSample(raw: RawSample, checks: SampleChecks): Promis
   }
   const imageBytes = raw.files.get(imageExts[0]!)!;
   if (imageBytes.length === 0) return bad('empty-image', `zero-byte .${imageExts[0]}`);
+  const pipeline = sharp(imageBytes, { limitInputPixels: MAX_INPUT_PIXELS, failOn: 'warning' });
+  if (checks.imageSize) {
+    // The header alone tells the size: refuse a wrong-size image before paying for its decode
+    // (a 4096x4096 PNG in a 256x256 data set would otherwise be decoded in full, then dropped).
+    let width: number | undefined;
+    let height: number | undefined;
+    try {
+      ({ width, height } = await pipeline.metadata());
+    } catch (err) {
+      return bad('undecodable-image', `.${imageExts[0]}: ${(err as Error).message.split('\n')[0]}`);
+    }
+    if (width !== checks.imageSize || height !== checks.imageSize) {
+      return bad('wrong-image-size', `${width}x${height}, expected ${checks.imageSize}x${checks.imageSize}`);
+    }
+  }
   let decoded: { data: Buffer; info: sharp.OutputInfo };
   try {
-    decoded = await sharp(imageBytes, { limitInputPixels: MAX_INPUT_PIXELS, failOn: 'warning' })
+    decoded = await pipeline
       .removeAlpha()
       .toColourspace('srgb')
       .raw()
