@@ -2,7 +2,13 @@
  * Counter-based deterministic randomness for the model: every random number is a pure function of
  * integers (seed, step, sample identity, site, ...), never of call order or of which process runs
  * the sample. That is what lets dropout and condition dropout agree across world sizes.
+ *
+ * The string hash and the sequential generator are the data's (src/data/seeded-random.ts).
+ * `hashInts` stays apart from the data's `mixSeed` on purpose: the two differ in their start value
+ * and high-word mixing, and every parameter init and dropout mask of a run depends on hashInts's
+ * exact values (checkpoints and bitwise tests would change with it).
  */
+import { hashString, SeededRandom } from '../data/seeded-random.ts';
 
 /** Mixes 32-bit integers into one 32-bit unsigned hash (murmur3-style finalizer per word). */
 export function hashInts(...parts: number[]): number {
@@ -28,34 +34,19 @@ export function hashInts(...parts: number[]): number {
 }
 
 /** Hashes a string (FNV-1a) to 32 bits, for naming random streams ("param:enc.0.attn.wqkv"). */
-export function hashName(name: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < name.length; i++) {
-    h ^= name.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
+export const hashName: (name: string) => number = hashString;
 
 /** A uniform number in [0, 1) from the given integers. */
 export function uniformAt(...parts: number[]): number {
   return hashInts(...parts) / 4294967296;
 }
 
-/** A small sequential generator (mulberry32) seeded from a hash; used for parameter init. */
-export class SequentialRandom {
-  private state: number;
+/**
+ * A small sequential generator (mulberry32, the data's {@link SeededRandom}) seeded from a hash;
+ * used for parameter init. Adds normal draws.
+ */
+export class SequentialRandom extends SeededRandom {
   private spare: number | null = null;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
   /** Standard normal (Box-Muller). */
   normal(): number {
     if (this.spare !== null) {
