@@ -1,11 +1,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
 import sharp from 'sharp';
 import pino from 'pino';
 import { listImportItems, importImages, parseCsv } from '../src/data/image-import.ts';
@@ -15,22 +13,14 @@ import { ShardSampleReader } from '../src/data/sample-reader.ts';
 import { loadConfig } from '../src/config/load.ts';
 import { shapesSample } from '../src/data/shapes.ts';
 import { writeShapesSet } from '../src/data/shapes-shards.ts';
+import { runParti } from './helpers/parti-cli.ts';
 
-const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '..');
 const quiet = pino({ level: 'silent' });
 let dir: string;
 
-/** Runs the CLI; resolves with stdout and the exit code (never rejects on a non-zero exit). */
-async function parti(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [path.join(root, 'bin/parti.mjs'), ...args], { cwd: root, timeout: 120_000, env: { ...process.env, PARTI_LOG_LEVEL: 'warn' } });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? String(err) };
-  }
-}
+/** Runs the CLI from the checkout's root with warnings-only logs. */
+const parti = (...args: string[]) => runParti(args, { cwd: root, env: { PARTI_LOG_LEVEL: 'warn', PARTI_LOG_FORMAT: undefined } });
 
 before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'parti-cmd-'));

@@ -1,12 +1,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { smallGenerationConfig, writeRandomRun } from '../src/generate/random-run.ts';
 import { writeShapesSet } from '../src/data/shapes-shards.ts';
 import { openStore } from '../src/storage/open-store.ts';
+import { runParti, userLines } from './helpers/parti-cli.ts';
 
 /**
  * `parti eval train-probe` and `parti eval` end to end through the CLI, on shapes shards written
@@ -14,30 +14,12 @@ import { openStore } from '../src/storage/open-store.ts';
  * every section with finite numbers, the page is written, and a held-out set holding training
  * captions is refused.
  */
-const BIN = join(import.meta.dirname, '..', 'bin', 'parti.mjs');
 let root = '';
 let run = '';
 let data = '';
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function parti(args: string[]): Promise<Result> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { timeout: 300_000, env: { ...process.env, PARTI_LOG_FORMAT: 'json' } }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-/** stderr without pino's JSON log lines. */
-function messages(stderr: string): string[] {
-  return stderr.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{'));
-}
+const parti = (args: string[]) => runParti(args, { timeoutMs: 300_000 });
+const messages = userLines;
 
 before(async () => {
   root = await mkdtemp(join(tmpdir(), 'parti-eval-cli-'));

@@ -1,40 +1,22 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm, mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { smallGenerationConfig, writeRandomRun } from '../src/generate/random-run.ts';
+import { runParti, userLines, type CliResult } from './helpers/parti-cli.ts';
 
 /**
  * `parti generate` through the CLI, on a randomly initialized run (the properties here need no
  * trained model): reproducible images, the files written, and one-line errors for bad input.
  */
-const BIN = join(import.meta.dirname, '..', 'bin', 'parti.mjs');
 let root = '';
 let run = '';
 let runNoUp = '';
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function parti(args: string[]): Promise<Result> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { timeout: 600_000, env: { ...process.env, PARTI_LOG_FORMAT: 'json' } }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-/** stderr without pino's JSON log lines. */
-function messages(stderr: string): string[] {
-  return stderr.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{'));
-}
+const parti = (args: string[]) => runParti(args, { timeoutMs: 600_000 });
+const messages = userLines;
 
 before(async () => {
   root = await mkdtemp(join(tmpdir(), 'parti-generate-cli-'));
@@ -131,7 +113,7 @@ test('bad input: one-line errors, non-zero exit, no stack trace', async () => {
     [['--checkpoint', run, 'x', '--prompts', join(root, 'missing.txt'), '--out', root], /--prompts/],
   ];
   // Four at a time: the machine has two cores and other suites run too.
-  const results: Result[] = [];
+  const results: CliResult[] = [];
   for (let i = 0; i < cases.length; i += 4) results.push(...(await Promise.all(cases.slice(i, i + 4).map(([args]) => gen(args)))));
   results.forEach((r, i) => {
     const lines = messages(r.stderr);

@@ -1,11 +1,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { writeOnnxTestRun } from './onnx-fixture.ts';
+import { PARTI_BIN as BIN, runParti } from './helpers/parti-cli.ts';
 
 /**
  * The commands end to end, as separate processes: `parti export onnx --verify` on a run,
@@ -13,23 +14,10 @@ import { writeOnnxTestRun } from './onnx-fixture.ts';
  * for a prompt, settings and seed are generate's (same tokens, same pixels). Bad flags and a
  * missing export are one-line errors.
  */
-const BIN = join(import.meta.dirname, '..', 'bin', 'parti.mjs');
 let root = '';
 const children: ChildProcess[] = [];
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function parti(args: string[]): Promise<Result> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, ...args], { timeout: 120_000, env: { ...process.env, PARTI_LOG_FORMAT: 'json' } }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr });
-    });
-  });
-}
+const parti = (args: string[]) => runParti(args);
 
 /** stderr without JSON log lines and ONNX Runtime's own colored log lines. */
 function messages(stderr: string): string[] {
