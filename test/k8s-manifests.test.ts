@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { buildJobObjects, jobObjectList } from '../src/launch/job-objects.ts';
 import { byKindAndName, K8S_DIR, parseYamlObjects, renderKustomize, writeClusterConfig, writeJobOverlay, type K8sObject } from './helpers/k8s-kustomize.ts';
 import { schemaProblems } from './helpers/k8s-schema.ts';
+import { EXIT_FINISHED, EXIT_JOB_STOPPED, EXIT_PREEMPTED, RETRY_EXIT_CODES } from '../src/worker/worker-exit-code.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const run = promisify(execFile);
@@ -88,6 +89,11 @@ test('the overlays wire the job together: names, selectors, config, secrets, pro
     const rules = job.spec.podFailurePolicy.rules;
     assert.ok(rules.some((r: any) => r.action === 'Ignore' && r.onPodConditions?.some((c: any) => c.type === 'DisruptionTarget')));
     assert.ok(rules.some((r: any) => r.action === 'FailJob' && r.onExitCodes?.values.includes(2)));
+    // A worker that left after SIGTERM (143) or whose coordinator stopped the job early (75) is
+    // run again without counting; 0 (the job is done) is never retried.
+    const ignored = rules.filter((r: any) => r.action === 'Ignore' && r.onExitCodes).flatMap((r: any) => r.onExitCodes.values);
+    assert.deepEqual([...ignored].sort((a, b) => a - b), [...RETRY_EXIT_CODES].sort((a, b) => a - b));
+    assert.ok(!ignored.includes(EXIT_FINISHED) && ignored.includes(EXIT_PREEMPTED) && ignored.includes(EXIT_JOB_STOPPED));
     const resources = job.spec.template.spec.containers[0].resources;
     if (variant === 'gpu') {
       assert.equal(resources.limits['nvidia.com/gpu'], '1');

@@ -8,6 +8,7 @@ import type { Config } from '../config/schema.ts';
 import { PartiError, usageError } from '../errors.ts';
 import { parseResume } from './coordinator.ts';
 import type { StageName } from '../worker/single-process-trainer.ts';
+import { EXIT_FINISHED, RETRY_EXIT_CODES } from '../worker/worker-exit-code.ts';
 
 /**
  * tfjs, the models and the trainers load when `parti train` runs, not whenever any `parti`
@@ -142,16 +143,26 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
   const metrics = join(runDir, 'metrics.jsonl');
   const startWorker = (slot: number, generation: number): void => {
     const w = start(['worker', '--coordinator', address!, '--config', configFile, '--run-dir', runDir, '--params-out', paramsFiles[slot]!, '--stop-with-parent'], `worker-${slot}${generation ? `-${generation}` : ''}`);
+    // The rules of the worker Job's podFailurePolicy (deploy/k8s): 0 = the job is done; 143 and
+    // 75 = it left or was stopped before the end, restarted without counting as a crash; 2 = a
+    // bad config or flag, which a restart cannot fix; anything else is a crash, restarted with a limit.
     w.on('exit', (code, signal) => {
       if (done || stopping > 0 || coordinator.exitCode !== null) return;
-      if (code === 0) return;
-      if (++restarts > MAX_RESTARTS) {
-        say(`worker ${slot} died (${signal ?? `exit ${code}`}); ${MAX_RESTARTS} restarts already, giving up`);
+      if (code === EXIT_FINISHED) return;
+      const how = signal ?? `exit ${code}`;
+      if (code === 2) {
+        say(`worker ${slot} failed with a config or usage error (exit 2; see ${join(logDir, `worker-${slot}${generation ? `-${generation}` : ''}.log`)}); stopping the job`);
         coordinator.kill('SIGINT');
         return;
       }
-      say(`worker ${slot} died (${signal ?? `exit ${code}`}); restarting it (as Kubernetes would)`);
-      setTimeout(() => !done && stopping === 0 && startWorker(slot, generation + 1), RESTART_DELAY_MS);
+      const disruption = code !== null && RETRY_EXIT_CODES.includes(code);
+      if (!disruption && ++restarts > MAX_RESTARTS) {
+        say(`worker ${slot} died (${how}); ${MAX_RESTARTS} restarts already, giving up`);
+        coordinator.kill('SIGINT');
+        return;
+      }
+      say(disruption ? `worker ${slot} left before the end (${how}); starting it again (as Kubernetes would)` : `worker ${slot} died (${how}); restarting it (as Kubernetes would)`);
+      setTimeout(() => !done && stopping === 0 && coordinator.exitCode === null && startWorker(slot, generation + 1), RESTART_DELAY_MS);
     });
   };
   // The coordinator's own one-line error (a bad --resume step, say), to repeat when it fails.

@@ -9,7 +9,11 @@ function hostPort(flag: string) {
   };
 }
 
-/** `parti worker --coordinator HOST:PORT`: one data-parallel worker (what a cluster runs per pod). */
+/**
+ * `parti worker --coordinator HOST:PORT`: one data-parallel worker (what a cluster runs per pod).
+ * Exit code 0 when the job finished, 143 when it left after SIGTERM/SIGINT before the end, 75 when
+ * the coordinator stopped the job before the end (src/worker/worker-exit-code.ts).
+ */
 export function register(program: Command): void {
   program
     .command('worker')
@@ -27,6 +31,8 @@ export function register(program: Command): void {
       // loaded here, not at start-up: every `parti` command imports this module
       const { runWorker } = await import('../worker/worker-process.ts');
       const exit = await runWorker(config, o);
-      process.stdout.write(`${JSON.stringify({ worker: 'stopped', ...exit })}\n`);
+      await new Promise<void>((resolve) => process.stdout.write(`${JSON.stringify({ worker: 'stopped', ...exit })}\n`, () => resolve()));
+      // main() would exit 0 once the action returns; an unfinished job must not look complete.
+      if (exit.exitCode !== 0) process.exit(exit.exitCode);
     });
 }

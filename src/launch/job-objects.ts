@@ -12,6 +12,8 @@ import type {
   V1VolumeMount,
 } from '@kubernetes/client-node';
 import { configMapHashSuffix } from './config-map-hash.ts';
+// (a module of constants only: the worker's exit codes that the failure policy reads)
+import { RETRY_EXIT_CODES } from '../worker/worker-exit-code.ts';
 
 /**
  * The Kubernetes objects of one parti job, built from the same values as deploy/k8s (kustomize):
@@ -271,7 +273,7 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
         rules: [
           { action: 'FailJob', onExitCodes: { containerName: 'worker', operator: 'In', values: [2] } },
           { action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget', status: 'True' }] },
-          { action: 'Ignore', onExitCodes: { containerName: 'worker', operator: 'In', values: [143] } },
+          { action: 'Ignore', onExitCodes: { containerName: 'worker', operator: 'In', values: [...RETRY_EXIT_CODES] } },
         ],
       },
       template: {

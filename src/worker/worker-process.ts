@@ -1,7 +1,8 @@
 /**
  * One worker process: opens its collective endpoint (gRPC), builds the model the config names,
  * joins the coordinator and trains until told to stop. SIGTERM or SIGINT (Kubernetes preemption,
- * Ctrl-C) makes it leave at the next step boundary, losing no work.
+ * Ctrl-C) makes it leave at the next step boundary, losing no work. How it ended becomes the
+ * process's exit code (worker-exit-code.ts): 0 only when the job is done.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -12,11 +13,13 @@ import { createGrpcCollectiveNode } from '../collective/grpc-transport.ts';
 import { openStore } from '../storage/open-store.ts';
 import { checkpointUrl } from '../coordinator/protocol.ts';
 import { log } from '../observability/log.ts';
+import { PartiError } from '../errors.ts';
 import { resolveJobSecurity } from '../security/job-security.ts';
 import { CheckpointShards } from './checkpoint-shards.ts';
 import { LinearModel } from './linear-model.ts';
 import type { Trainable } from './trainable.ts';
 import { WorkerRuntime, type WorkerExit } from './worker-runtime.ts';
+import { jobFinished, workerExitCode } from './worker-exit-code.ts';
 
 /** Options of runWorker (from the command line). */
 export interface WorkerProcessOptions {
@@ -45,7 +48,17 @@ export function workerModelFactory(config: Config, runDir: string): () => Promis
   return async () => (await import('./parti-model.ts')).PartiWorkerModel.create(config, runDir);
 }
 
-export async function runWorker(config: Config, o: WorkerProcessOptions): Promise<WorkerExit> {
+/** How a worker process ended. */
+export interface WorkerProcessExit extends WorkerExit {
+  /** The coordinator said the job ran all its steps. */
+  finished: boolean;
+  /** The process was asked to leave (SIGTERM, SIGINT, its launcher gone). */
+  signalled: boolean;
+  /** The process's exit code (worker-exit-code.ts). */
+  exitCode: number;
+}
+
+export async function runWorker(config: Config, o: WorkerProcessOptions): Promise<WorkerProcessExit> {
   const rt = config.runtime;
   const jobId = o.jobId ?? config.name;
   const hash = configHash(config);
@@ -75,21 +88,40 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
     store: new CheckpointShards(openStore(checkpointUrl(config, o.runDir)), hash),
     security: { resolved: security, config: config.security },
   });
-  const onSignal = (sig: NodeJS.Signals) => void runtime.requestLeave(sig);
+  let signalled = false;
+  const leave = (why: string) => {
+    signalled = true;
+    void runtime.requestLeave(why);
+  };
+  const onSignal = (sig: NodeJS.Signals) => leave(sig);
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   const parent = process.ppid;
-  const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && void runtime.requestLeave('the launcher is gone'), 1000) : null;
+  const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && leave('the launcher is gone'), 1000) : null;
   parentWatch?.unref();
   try {
-    const exit = await runtime.run();
-    log.child({ role: 'worker' }).info({ reason: exit.reason, applied: exit.applied }, 'worker stopped');
-    if (o.paramsOut) {
+    let exit: WorkerExit;
+    let trained = true;
+    try {
+      exit = await runtime.run();
+    } catch (err) {
+      // A worker (re)started after the end: the finished coordinator refuses its join. Its index
+      // is done too, or a Job would start it again forever.
+      const e = PartiError.from(err);
+      if (e.code !== 'refused' || !jobFinished(e.message)) throw err;
+      exit = { reason: e.message, applied: 0 };
+      trained = false;
+    }
+    const finished = jobFinished(exit.reason);
+    const exitCode = workerExitCode({ reason: exit.reason, signalled });
+    log.child({ role: 'worker' }).info({ reason: exit.reason, applied: exit.applied, finished, signalled, exitCode }, 'worker stopped');
+    // (a worker refused after the end holds no trained parameters: keep the file its slot wrote)
+    if (o.paramsOut && trained) {
       mkdirSync(dirname(o.paramsOut), { recursive: true });
       const p = runtime.params();
       writeFileSync(o.paramsOut, Buffer.from(p.buffer, p.byteOffset, p.byteLength));
     }
-    return exit;
+    return { ...exit, finished, signalled, exitCode };
   } finally {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);

@@ -1,0 +1,50 @@
+/**
+ * How a worker process ends, as its exit code. An orchestrator reads it: Kubernetes' Indexed Job
+ * completes a worker's index on exit 0 and never runs it again, so 0 must mean "the job is done",
+ * never "this worker was asked to go". deploy/k8s (and src/launch/job-objects.ts) list the codes
+ * in the worker Job's podFailurePolicy; `parti train` restarts workers by the same rules.
+ */
+
+/** The job finished: the coordinator ran its last step (or says the job has finished). */
+export const EXIT_FINISHED = 0;
+
+/**
+ * The worker left after SIGTERM or SIGINT (preemption, eviction, `kubectl delete pod`, Ctrl-C)
+ * at a step boundary, losing no work, before the job finished: 128 + 15, what a process killed by
+ * SIGTERM reports. Not the worker's fault: run it again without counting a failure.
+ */
+export const EXIT_PREEMPTED = 143;
+
+/**
+ * The coordinator stopped the job before its last step (it was itself stopped: a rollout, a
+ * drain, `parti train` asked to stop). EX_TEMPFAIL: a restarted coordinator resumes the job from
+ * its checkpoint, so run the worker again without counting a failure.
+ */
+export const EXIT_JOB_STOPPED = 75;
+
+/** Exit codes that ask for the worker to be run again without counting a failure. */
+export const RETRY_EXIT_CODES: readonly number[] = [EXIT_JOB_STOPPED, EXIT_PREEMPTED];
+
+/** The coordinator's stop reason when the job ran all its steps. */
+const FINISHED_REASON = 'all steps done';
+/** What a finished coordinator answers a join with (a worker started after the end). */
+const FINISHED_REFUSAL = /\bhas finished\b/;
+
+/** How a worker's run ended, as seen by its process. */
+export interface WorkerEnding {
+  /** The coordinator's stop reason, or the worker's own (`left`, …). */
+  reason: string;
+  /** The process got SIGTERM/SIGINT (or lost its launcher) and asked to leave. */
+  signalled: boolean;
+}
+
+/** True when the coordinator said the job ran all its steps. */
+export function jobFinished(reason: string): boolean {
+  return reason === FINISHED_REASON || FINISHED_REFUSAL.test(reason);
+}
+
+/** The exit code of a worker whose run ended this way. */
+export function workerExitCode(e: WorkerEnding): number {
+  if (jobFinished(e.reason)) return EXIT_FINISHED;
+  return e.signalled ? EXIT_PREEMPTED : EXIT_JOB_STOPPED;
+}
