@@ -185,7 +185,7 @@ test("the pods' command lines parse with the real `parti coordinator` and `parti
     await program.parseAsync(args, { from: 'user' });
     assert.ok(parsed, `${container.name}: no command ran for ${args.join(' ')}`);
     if (container.name === 'coordinator') {
-      assert.deepEqual(parsed, { config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', workers: 2, host: '0.0.0.0', port: 7070 });
+      assert.deepEqual(parsed, { config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', workers: 2, host: '0.0.0.0', port: 7070, whenFinished: 'serve' });
     } else {
       assert.deepEqual(parsed, { coordinator: 'parti-coordinator:7070', config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', listen: '0.0.0.0:7071', advertise: '10.1.2.3:7071' });
     }

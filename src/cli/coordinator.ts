@@ -18,6 +18,11 @@ export function parseResume(v: string): 'latest' | number {
   return n;
 }
 
+function whenFinished(v: string): 'exit' | 'serve' {
+  if (v !== 'exit' && v !== 'serve') throw usageError('--when-finished', `must be exit or serve, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 /** `parti coordinator`: the coordinator of one job (what a cluster runs; `parti train` starts one locally). */
 export function register(program: Command): void {
   program
@@ -34,7 +39,8 @@ export function register(program: Command): void {
     .option('--ledger <file>', 'test mode: write the exactly-once ledger here (relative to the run dir)')
     .option('--resume <latest|step>', 'resume from the newest committed checkpoint (default) or exactly this committed step', parseResume)
     .option('--stop-with-parent', 'checkpoint and stop when the parent process goes away (used by parti train)')
-    .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string; resume?: 'latest' | number; stopWithParent?: boolean }) => {
+    .option('--when-finished <exit|serve>', 'after the last step: exit (default), or serve the finished job until SIGTERM (a Kubernetes Deployment)', whenFinished)
+    .action(async (o: { config: string; runDir: string; jobId?: string; host?: string; port?: number; workers?: number; minWorkers?: number; steps?: number; ledger?: string; resume?: 'latest' | number; stopWithParent?: boolean; whenFinished?: 'exit' | 'serve' }) => {
       const config = loadConfig(o.config);
       // loaded here, not at start-up: every `parti` command imports this module
       const { runCoordinator } = await import('../coordinator/coordinator-process.ts');
@@ -49,6 +55,8 @@ export function register(program: Command): void {
         ledger: o.ledger,
         resume: o.resume,
         stopWithParent: o.stopWithParent,
+        whenFinished: o.whenFinished,
+        onDone: (result) => process.stdout.write(`${JSON.stringify({ done: true, ...result })}\n`),
         onDashboard: (url) => process.stdout.write(`dashboard: ${url}\n`),
         onListening: (address) => process.stdout.write(`coordinator listening on ${address}\n`),
         onStep: (s) =>
@@ -56,6 +64,6 @@ export function register(program: Command): void {
             `${JSON.stringify({ step: s.step, loss: s.loss, worldSize: s.worldSize, skipped: s.skipped, stepMs: Math.round(s.stepMs), allReduceMs: Math.round(s.allReduceMs), computeMs: Math.round(s.computeMs), optimizerStateBytes: s.optimizerStateBytes, at: s.committedAt })}\n`,
           ),
       });
-      process.stdout.write(`${JSON.stringify({ done: true, ...result })}\n`);
+      if (o.whenFinished === 'serve') process.stdout.write(`${JSON.stringify({ served: true, step: result.step })}\n`);
     });
 }

@@ -2,6 +2,12 @@
  * One coordinator process: resolves the job from the config, recovers from the latest committed
  * checkpoint, serves the coordinator service until the job is done, and stops cleanly on SIGINT or
  * SIGTERM (a checkpoint first, then every worker is told to stop).
+ *
+ * `whenFinished: 'serve'` (what a Kubernetes Deployment runs) keeps a finished job finished: the
+ * process does not exit at the end (a Deployment would restart it forever), and a coordinator that
+ * starts on a job whose latest committed checkpoint is at its last step serves that finished job
+ * at once: the dashboard and /healthz stay up, and a worker that joins is told the job has
+ * finished (it exits 0, so its Job index completes), until SIGTERM.
  */
 import type { Config } from '../config/schema.ts';
 import { log } from '../observability/log.ts';
@@ -27,14 +33,33 @@ export interface CoordinatorProcessOptions extends JobOverrides {
   signals?: NodeJS.Signals[];
   /** Stop (checkpoint first) when the parent process goes away (a local launcher that was killed). */
   stopWithParent?: boolean;
+  /**
+   * When the job has run all its steps: `exit` (default: a local launcher's child) or `serve`
+   * the finished job until a signal (a Kubernetes Deployment, which restarts a process that exits).
+   */
+  whenFinished?: 'exit' | 'serve';
+  /** Called once when the job is over (finished or stopped; not when it failed), before any serving of the finished job. */
+  onDone?: (result: CoordinatorResult) => void;
+}
+
+/** How a job's coordinator ended. */
+export interface CoordinatorResult {
+  step: number;
+  reason: string;
+  skippedSteps: number;
+  /** The job ran all its steps (now, or before this coordinator started). */
+  finished: boolean;
 }
 
 /** Runs a job's coordinator to the end; resolves with the final step and why it ended. */
-export async function runCoordinator(config: Config, o: CoordinatorProcessOptions): Promise<{ step: number; reason: string; skippedSteps: number }> {
+export async function runCoordinator(config: Config, o: CoordinatorProcessOptions): Promise<CoordinatorResult> {
   const security = resolveJobSecurity(config.security);
   const opts = await resolveCoordinatorOptions(config, o);
   const coordinator = new Coordinator(opts);
   await coordinator.recover(o.resume ?? 'latest');
+  const serveFinished = o.whenFinished === 'serve';
+  // The latest committed checkpoint is at the last step: the job finished before this process started.
+  const finishedBefore = coordinator.step >= opts.totalSteps;
   const server = await startCoordinatorServer(
     coordinator,
     o.host ?? config.runtime.coordinatorHost,
@@ -43,7 +68,10 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     security,
   );
   const signals = o.signals ?? ['SIGINT', 'SIGTERM'];
-  const onSignal = (sig: NodeJS.Signals) => coordinator.requestStop(`${sig}`);
+  // While a finished job is served, a signal ends the serving; before, it stops the job.
+  let endServing: (() => void) | null = null;
+  let serving = false;
+  const onSignal = (sig: NodeJS.Signals) => (serving ? endServing?.() : coordinator.requestStop(`${sig}`));
   for (const s of signals) process.on(s, onSignal);
   const parent = process.ppid;
   const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && coordinator.requestStop('the launcher is gone'), 1000) : null;
@@ -67,12 +95,25 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     { job: opts.jobId, configHash: opts.configHash, steps: opts.totalSteps, workers: opts.targetWorkers, minWorkers: opts.minWorkers, zeroStage: opts.zeroStage },
     'job ready',
   );
+  const served = serveFinished ? new Promise<void>((resolve) => (endServing = resolve)) : null;
+  if (serveFinished && finishedBefore) {
+    // Nothing to train: end the job now, so that workers that join are told it has finished.
+    log.child({ role: 'coordinator' }).info({ step: coordinator.step, steps: opts.totalSteps }, 'the job finished before this coordinator started (its latest checkpoint is at the last step)');
+    coordinator.requestStop('all steps done');
+  }
   try {
     const done = await coordinator.done;
     // let the stop commands reach the workers before the server goes
     await new Promise((r) => setTimeout(r, 200));
     if (coordinator.failed) throw new PartiError('collective-aborted', `job ${opts.jobId} failed: ${coordinator.failed}`);
-    return { ...done, skippedSteps: coordinator.skippedSteps };
+    const result: CoordinatorResult = { ...done, skippedSteps: coordinator.skippedSteps, finished: done.step >= opts.totalSteps };
+    o.onDone?.(result);
+    if (served && result.finished && !stoppedBySignal(done.reason, signals)) {
+      log.child({ role: 'coordinator' }).info({ step: done.step }, 'job finished; serving it (dashboard, workers told it has finished) until SIGTERM');
+      serving = true;
+      await served;
+    }
+    return result;
   } finally {
     for (const s of signals) process.off(s, onSignal);
     if (parentWatch) clearInterval(parentWatch);
@@ -80,4 +121,9 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     await server.close();
     await dashboard?.close();
   }
+}
+
+/** The job ended because this process was asked to stop (its pod is going away: do not linger). */
+function stoppedBySignal(reason: string, signals: NodeJS.Signals[]): boolean {
+  return (signals as string[]).includes(reason);
 }

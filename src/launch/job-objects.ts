@@ -178,6 +178,9 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
       '0.0.0.0',
       '--port',
       String(COORDINATOR_GRPC_PORT),
+      // a finished job stays finished: the Deployment must not restart it (coordinator-process.ts)
+      '--when-finished',
+      'serve',
     ],
     env: [
       { name: 'PARTI_WORKERS', value: String(workers) },
