@@ -183,6 +183,14 @@ test('404 answers: a missing namespace is named; unreachable clusters and bad co
     applyJob({ configFile: writeClusterConfig('tiny', [['url: s3://YOUR-BUCKET/parti', 'url: file:///var/lib/parti/ckpt']]), image: IMAGE, workers: 2, kubeconfig }),
   );
   assert.match(fileCheckpoints.message, /checkpoint\.url: must be s3:\/\/bucket\/prefix in a cluster .*got file:\/\/\/var\/lib\/parti\/ckpt$/);
+  const noFinalCheckpoint = await rejection(
+    applyJob({ configFile: writeClusterConfig('tiny', [['everySteps: 50\n', 'everySteps: 50\n  atEnd: false\n']]), image: IMAGE, workers: 2, kubeconfig }),
+  );
+  assert.match(noFinalCheckpoint.message, /checkpoint\.atEnd: must be true in a cluster/);
+  const localTokenizer = await rejection(
+    applyJob({ configFile: writeClusterConfig('tiny', [[/tokenizerFrom: .*/, 'tokenizerFrom: runs/tiny']]), image: IMAGE, workers: 2, kubeconfig }),
+  );
+  assert.match(localTokenizer.message, /training\.tokenizerFrom: must be s3:\/\/bucket\/prefix in a cluster .*got runs\/tiny$/);
   const tooFew = await rejection(
     applyJob({ configFile: writeClusterConfig('tiny', [['workers: 2\n', 'workers: 2\n  minWorkers: 3\n']]), image: IMAGE, workers: 2, kubeconfig }),
   );

@@ -15,7 +15,7 @@ import { EXIT_FINISHED, RETRY_EXIT_CODES } from '../worker/worker-exit-code.ts';
  * command starts (every command imports this module).
  */
 async function heavy() {
-  const [backend, parti, state, vit, partiModel, job, trainer, shards, store, ckpt, optimizer, protocol, load] = await Promise.all([
+  const [backend, parti, state, vit, partiModel, job, trainer, shards, store, ckpt, optimizer, protocol, load, published] = await Promise.all([
     import('../model/backend.ts'),
     import('../model/parti-training.ts'),
     import('../model/training-state.ts'),
@@ -29,6 +29,7 @@ async function heavy() {
     import('../model/optimizer.ts'),
     import('../coordinator/protocol.ts'),
     import('../config/load.ts'),
+    import('../storage/published-state.ts'),
   ]);
   return {
     saveTrainingState: state.saveTrainingState,
@@ -43,6 +44,8 @@ async function heavy() {
     loadTrainingState: state.loadTrainingState,
     VitVqgan: vit.VitVqgan,
     tokenizerDir: partiModel.tokenizerDir,
+    prepareTokenizer: partiModel.prepareTokenizer,
+    publishStateDir: published.publishStateDir,
     jobStage: job.jobStage,
     trainPipeline: trainer.trainPipeline,
     writeSamplePng: trainer.writeSamplePng,
@@ -64,6 +67,7 @@ interface TrainFlags {
   stage?: string;
   singleProcess?: boolean;
   resume?: 'latest' | number;
+  publishTokenizer?: string;
 }
 
 function intFlag(flag: string, v: string | undefined, min: number): number | undefined {
@@ -288,15 +292,20 @@ export function register(program: Command): void {
     .option('--stage <stage>', 'only this stage: tokenizer, parti or upsampler')
     .option('--resume <latest|step>', 'Parti stage: resume from the newest committed checkpoint (default) or exactly this committed step', parseResume)
     .option('--single-process', 'train every stage in this process (no coordinator, no workers)')
+    .option('--publish-tokenizer <url>', 'with --stage tokenizer: upload the trained tokenizer to s3://bucket/prefix or file:///dir (with SHA256SUMS) for training.tokenizerFrom')
     .action(async (opts: TrainFlags) => {
       const steps = intFlag('--steps', opts.steps, 0);
       const workersFlag = intFlag('--workers', opts.workers, 1);
       if (opts.stage !== undefined && opts.stage !== 'tokenizer' && opts.stage !== 'parti' && opts.stage !== 'upsampler') {
         throw usageError('--stage', `must be tokenizer, parti or upsampler, got ${opts.stage}`);
       }
+      if (opts.publishTokenizer !== undefined) {
+        if (opts.stage !== 'tokenizer') throw usageError('--publish-tokenizer', 'needs --stage tokenizer (it publishes the trained image tokenizer)');
+        if (!/^(s3|file):\/\/./.test(opts.publishTokenizer)) throw usageError('--publish-tokenizer', `must be s3://bucket/prefix or file:///dir, got ${JSON.stringify(opts.publishTokenizer)}`);
+      }
       const config = loadConfig(opts.config);
       const runDir = resolve(opts.runDir);
-      const { trainPipeline, tokenizerDir, loadTrainingState, VitVqgan } = await heavy();
+      const { trainPipeline, prepareTokenizer, loadTrainingState, VitVqgan, publishStateDir } = await heavy();
       const stage = opts.stage as StageName | undefined;
       // The upsampler trains in this process too (it needs neither the tokenizer nor Parti).
       if (opts.singleProcess || stage === 'upsampler') {
@@ -305,14 +314,21 @@ export function register(program: Command): void {
       }
       const say = (line: string) => process.stderr.write(`${line}\n`);
       const testModel = config.runtime.testModel;
-      if (stage !== 'parti' && !testModel) {
+      if (stage === 'tokenizer' || (stage === undefined && !testModel && !config.training.tokenizerFrom)) {
         // The tokenizer stage trains in this process (it resumes, or says it is already trained).
         await trainPipeline({ config, runDir, steps, stage: 'tokenizer' });
-        if (stage === 'tokenizer') return;
+        if (stage === 'tokenizer') {
+          if (opts.publishTokenizer) {
+            const bytes = await publishStateDir(join(runDir, 'tokenizer'), opts.publishTokenizer);
+            say(`tokenizer: published to ${opts.publishTokenizer} (${(bytes / 2 ** 20).toFixed(1)} MiB, with SHA256SUMS); set training.tokenizerFrom: ${opts.publishTokenizer}`);
+          }
+          return;
+        }
       }
       if (!testModel) {
         // the workers need the trained tokenizer: say so here rather than in a crash loop
-        const dir = tokenizerDir(config, runDir);
+        // (a published one is fetched and verified here, and again by each worker)
+        const dir = await prepareTokenizer(config, runDir);
         if (!(await loadTrainingState(dir, new VitVqgan(config.model.tokenizer).layout))) {
           throw new PartiError('checkpoint', `${dir}: no trained tokenizer (run without --stage, or set training.tokenizerFrom)`);
         }

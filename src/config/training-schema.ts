@@ -55,10 +55,16 @@ export const trainingSchema = z.strictObject({
   parti: stageSchema,
   upsampler: stageSchema.optional(),
   /**
-   * A run directory (or its `tokenizer/` checkpoint directory) holding an already trained image
-   * tokenizer; when set, `parti train` skips the tokenizer stage and uses it.
+   * An already trained image tokenizer; when set, `parti train` skips the tokenizer stage and uses
+   * it. A run directory (or its `tokenizer/` checkpoint directory), or an object-store URL,
+   * `s3://bucket/prefix` or `file:///dir`, where `parti train --stage tokenizer --publish-tokenizer
+   * URL` published it (what pods in a cluster use): fetched and verified (sizes, sha256) at start.
    */
-  tokenizerFrom: z.string().min(1).optional(),
+  tokenizerFrom: z
+    .string()
+    .min(1)
+    .refine((v) => !/^[a-z][a-z0-9+.-]*:\/\//i.test(v) || /^(s3|file):\/\//i.test(v), 'a path, s3://bucket/prefix or file:///dir')
+    .optional(),
   /** Print a progress line every this many steps. */
   logEvery: z.number().int().min(1).default(10),
 });

@@ -235,6 +235,16 @@ function checkClusterReady(file: string, config: Config): void {
   if (!url?.startsWith('s3://')) {
     throw new PartiError('config', `${file}: checkpoint.url: must be s3://bucket/prefix in a cluster (a pod's own disk is lost with it), got ${url ?? 'none (the run directory)'}`);
   }
+  if (!config.checkpoint.atEnd) {
+    throw new PartiError('config', `${file}: checkpoint.atEnd: must be true in a cluster (a restarted coordinator knows the job finished by its checkpoint at the last step)`);
+  }
+  const tokenizer = config.training.tokenizerFrom;
+  if (!config.runtime.testModel && !tokenizer?.startsWith('s3://')) {
+    throw new PartiError(
+      'config',
+      `${file}: training.tokenizerFrom: must be s3://bucket/prefix in a cluster (the workers read the trained image tokenizer from there: train it with \`parti train --stage tokenizer --publish-tokenizer URL\`), got ${tokenizer ?? 'none'}`,
+    );
+  }
 }
 
 /** Runs `load`, folding a config error that lists several problems into its first one. */

@@ -4,8 +4,6 @@
  * data engineer's SampleReader, image tokens from the frozen, already trained ViT-VQGAN, and the
  * model engineer's optimizers over an element range (ZeRO-1 gives each rank its own range).
  */
-import { join } from 'node:path';
-import { existsSync } from 'node:fs';
 import type { Config } from '../config/schema.ts';
 import { openDataset, type Dataset } from '../data/dataset.ts';
 import type { SampleReader } from '../data/sample-reader.ts';
@@ -15,14 +13,11 @@ import { PartiTrainable } from '../model/parti-training.ts';
 import { loadTrainingState } from '../model/training-state.ts';
 import { VitVqgan } from '../model/vit-vqgan.ts';
 import { PartiError } from '../errors.ts';
+import { prepareTokenizer } from './tokenizer-source.ts';
 import type { GradientResult, OptimizerShard, OptimizerSnapshot, SampleBatch, StepContext, Trainable } from './trainable.ts';
 
 /** Where the trained tokenizer of a run is: training.tokenizerFrom, else `<run dir>/tokenizer`. */
-export function tokenizerDir(config: Config, runDir: string): string {
-  const from = config.training.tokenizerFrom;
-  if (!from) return join(runDir, 'tokenizer');
-  return existsSync(join(from, 'tokenizer', 'checkpoint.json')) ? join(from, 'tokenizer') : from;
-}
+export { tokenizerDir, prepareTokenizer } from './tokenizer-source.ts';
 
 class RangeOptimizer implements OptimizerShard {
   readonly slots: number;
@@ -91,7 +86,8 @@ export class PartiWorkerModel implements Trainable {
   static async create(config: Config, runDir: string): Promise<PartiWorkerModel> {
     await initBackend(config.runtime.backend);
     const vq = new VitVqgan(config.model.tokenizer);
-    const dir = tokenizerDir(config, runDir);
+    // (fetched and verified first when training.tokenizerFrom is an s3:// or file:// URL)
+    const dir = await prepareTokenizer(config, runDir);
     const state = await loadTrainingState(dir, vq.layout);
     if (!state) throw new PartiError('checkpoint', `${dir}: no trained tokenizer (train the tokenizer stage first, or set training.tokenizerFrom)`);
     const dataset = await openDataset(config.data, { imageSize: config.model.tokenizer.imageSize });

@@ -1,4 +1,4 @@
-import { appendFile, mkdir, writeFile, stat } from 'node:fs/promises';
+import { appendFile, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { PNG } from 'pngjs';
 import type { Config } from '../config/schema.ts';
@@ -18,6 +18,7 @@ import { upsamplerSchema } from '../config/upsampler-schema.ts';
 import type { GradientResult, Trainable } from '../model/trainable.ts';
 import { loadTrainingState, saveTrainingState, type TrainingState } from '../model/training-state.ts';
 import { codebookStats, DeadCodeReseeder, VitVqgan, type ImageBatch } from '../model/vit-vqgan.ts';
+import { prepareTokenizer } from './tokenizer-source.ts';
 
 /** The stages `parti train` runs: the tokenizer, Parti, and (when training.upsampler is set) the upsampler. */
 export type StageName = 'tokenizer' | 'parti' | 'upsampler';
@@ -158,13 +159,6 @@ function sampleIds(plan: EpochPlan, refs: readonly SampleRef[]): number[] {
   return refs.map((r) => starts[r.shard]! + r.ordinal);
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
-
 /**
  * Trains in one process: the ViT-VQGAN tokenizer (unless the run directory or
  * training.tokenizerFrom already has a trained one), then Parti on the frozen tokenizer's codes,
@@ -182,11 +176,9 @@ export async function trainPipeline(opts: TrainOptions): Promise<TrainResult> {
   const result: TrainResult = { stages: [] };
   const tokCfg = config.model.tokenizer;
   const vq = new VitVqgan(tokCfg);
-  const tokenizerDir = config.training.tokenizerFrom
-    ? (await exists(join(config.training.tokenizerFrom, 'tokenizer', 'checkpoint.json')))
-      ? join(config.training.tokenizerFrom, 'tokenizer')
-      : config.training.tokenizerFrom
-    : join(runDir, 'tokenizer');
+  // training.tokenizerFrom: a local run (or tokenizer) directory, or a URL fetched and verified here
+  const needsTokenizer = opts.stage === undefined || opts.stage === 'parti';
+  const tokenizerDir = needsTokenizer ? await prepareTokenizer(config, runDir) : join(runDir, 'tokenizer');
   const ds = await openDataset(config.data, { imageSize: tokCfg.imageSize });
   const reader = ds.createReader();
   try {
