@@ -48,7 +48,7 @@ test('Chromium watches `parti train --workers 2` through a worker SIGKILL and re
   const port = await freePort();
   const cfg = cluster.config(
     'job',
-    linearConfig({ workers: 2 }, { steps: STEPS, stepDelayMs: 15 }, { dashboard: { port }, checkpoint: { everySteps: 10, keep: 2, atEnd: true } }),
+    linearConfig({ workers: 2 }, { steps: STEPS, stepDelayMs: 15 }, { dashboard: { port, gallery: { prompts: ['a red circle'], everySteps: 10 } }, checkpoint: { everySteps: 10, keep: 2, atEnd: true } }),
   );
   const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2'], 'launcher');
   let tree: number[] = [];
@@ -116,10 +116,16 @@ test('Chromium watches `parti train --workers 2` through a worker SIGKILL and re
   // The run reaches its last step with its checkpoints listed.
   await page.waitForFunction((n) => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === String(n), STEPS, { timeout: 90_000 });
   await page.waitForFunction((n) => Array.from(document.querySelectorAll('#checkpoints tbody tr td:first-child')).some((td) => td.textContent === String(n)), STEPS, { timeout: 30_000 });
+  // Retention (keep 2) deletes step 10 once step 30 committed: still listed, marked deleted.
+  await page.locator('#checkpoints tbody tr.gone').first().waitFor({ timeout: 20_000 });
   const rows = await page.locator('#checkpoints tbody tr').allInnerTexts();
   assert.deepEqual(rows.map((r) => r.split('\t')[0]), ['30', '20', '10']);
   // Size, save time and where the manifest is (the run directory's checkpoints/ store).
-  for (const [i, r] of rows.entries()) assert.match(r, new RegExp(`\\t\\d+(\\.\\d)? (B|KiB|MiB)\\t[\\d.]+ (ms|s)\\t\\S*/run/checkpoints/manifests/0+${30 - 10 * i}\\.json$`));
+  for (const [i, r] of rows.entries()) assert.match(r, new RegExp(`\\t\\d+(\\.\\d)? (B|KiB|MiB)\\t[\\d.]+ (ms|s)\\t\\S*/run/checkpoints/manifests/0+${30 - 10 * i}\\.json${i === 2 ? ' \\(deleted\\)' : ''}$`));
+  assert.deepEqual(await page.locator('#checkpoints tbody tr.gone td:first-child').allTextContents(), ['10']);
+  // The linear test model has no images: a gallery configured for it stays empty, without a warning.
+  assert.equal(await page.locator('#gallery figure.sample').count(), 0);
+  assert.equal(await page.locator('#events li', { hasText: 'gallery' }).count(), 0);
   await page.screenshot({ path: join('test-artifacts', 'dashboard-launcher-finished.png'), fullPage: true });
   assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
   assert.deepEqual(errors, []);

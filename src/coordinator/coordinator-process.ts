@@ -85,6 +85,8 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
       stage: stage.stage,
       batchSize: stage.batch,
       checkpointStore: checkpointUrl(config, o.runDir),
+      // The gallery samples committed checkpoints with the run's tokenizer (dashboard.gallery).
+      generation: { config, runDir: o.runDir },
       // Several local coordinators may share a machine; a cluster's Service needs the configured port.
       onPortInUse: ['127.0.0.1', 'localhost', '::1'].includes(config.dashboard.host) ? 'any-free-port' : 'fail',
     });

@@ -243,6 +243,8 @@ export const overviewResponseSchema = z.strictObject({
   events: z.array(runEventSchema),
   skipped: skippedResponseSchema,
   gallery: z.array(galleryItemSchema),
+  /** Gallery items the server keeps (`dashboard.gallery.keep`): older ones and their images are gone. */
+  galleryKeep: z.number().int().min(1),
   /** The points per chart the server downsamples to. */
   historyPoints: z.number().int().min(1),
   /** The server's clock, Unix ms (the page shows heartbeat ages with it, whatever its own clock). */

@@ -5,11 +5,26 @@ import type { EventKind, JobState, StepRecord, WorkerInfo } from './api-schema.t
 import { createDashboardServer, dashboardServerOptions, type DashboardServer } from './dashboard-server.ts';
 import { RunStateStore } from './run-state.ts';
 import { manifestKey } from '../storage/checkpoint-manifest.ts';
+import { listCheckpointSteps } from '../storage/checkpoint-load.ts';
+import { openStore } from '../storage/open-store.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+import type { Config } from '../config/schema.ts';
+import { GalleryGenerator } from './gallery-generator.ts';
+import { galleryTokenizerDir, galleryTokenizerExists } from './gallery-samples.ts';
 import { PartiError } from '../errors.ts';
 import { log } from '../observability/log.ts';
 
 /** What the bridge reads off a Coordinator: its public fields and its subscribe(). */
 export type CoordinatorSource = Pick<Coordinator, 'opts' | 'phase' | 'step' | 'epoch' | 'ring' | 'members' | 'subscribe'>;
+
+/** What a `checkpoint` event of the coordinator may carry about the committed checkpoint. */
+interface CheckpointEventInfo {
+  step: number;
+  /** Bytes of its objects. */
+  bytes: number;
+  /** When the save started (Unix ms); the commit is the event's `at`. */
+  startedAt: number;
+}
 
 /** Options of {@link bridgeCoordinator}. */
 export interface CoordinatorBridgeOptions {
@@ -17,6 +32,8 @@ export interface CoordinatorBridgeOptions {
   pollMs?: number;
   /** Where the checkpoint of a step lives, for the checkpoint list (default `step N`). */
   checkpointUri?: (step: number) => string;
+  /** Called after a checkpoint commit was added to the store (retention check, gallery samples). */
+  onCheckpoint?: (step: number) => void;
 }
 
 function jobState(phase: CoordinatorSource['phase'], recovering: boolean, stopping: boolean): JobState {
@@ -160,19 +177,25 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
       store.recordRecovery(ev.message, coordinator.step);
       troubled = false;
     } else if (ev.kind === 'checkpoint') {
-      // The event comes while the phase still holds the checkpoint's step and objects.
+      // Saves may run in the background while training goes on: the event's own `checkpoint`
+      // (when the coordinator sends it) or its message names the step; a synchronous save still
+      // holds its step and objects in the phase.
       const p = coordinator.phase;
-      const step = p.kind === 'checkpointing' ? p.step : coordinator.step;
-      const started = checkpointStarts.get(step);
-      checkpointStarts.delete(step);
+      const info = (ev as { checkpoint?: CheckpointEventInfo }).checkpoint;
+      const named = /checkpoint of step (\d+)/.exec(ev.message);
+      const step = info?.step ?? (p.kind === 'checkpointing' ? p.step : named ? Number(named[1]) : coordinator.step);
+      const started = info?.startedAt ?? checkpointStarts.get(step);
+      for (const s of [...checkpointStarts.keys()]) if (s <= step) checkpointStarts.delete(s);
+      const bytes = info?.bytes ?? (p.kind === 'checkpointing' && p.step === step ? p.objects.reduce((n, o) => n + o.size, 0) : undefined);
       store.addCheckpoint({
         step,
         time: ev.at,
         uri: checkpointUri(step),
         worldSize: Math.max(1, coordinator.ring.length),
-        ...(p.kind === 'checkpointing' ? { bytes: p.objects.reduce((n, o) => n + o.size, 0) } : {}),
+        ...(bytes !== undefined ? { bytes } : {}),
         ...(started !== undefined ? { saveSeconds: Math.max(0, ev.at - started) / 1000 } : {}),
       });
+      options.onCheckpoint?.(step);
     } else if (ev.kind === 'reform') {
       store.recordEvent({ kind: 'job', message: ev.message, time: ev.at, step: coordinator.step });
     } else if (kind) {
@@ -194,6 +217,8 @@ export interface CoordinatorDashboard {
   readonly store: RunStateStore;
   readonly metrics: TrainingMetrics;
   readonly server: DashboardServer;
+  /** The gallery's sample generator, when this job has one (a Parti stage with prompts, a period and a tokenizer). */
+  readonly gallery: GalleryGenerator | null;
   /** Stops the bridge and the server. */
   close(): Promise<void>;
 }
@@ -217,6 +242,12 @@ export interface CoordinatorDashboardInfo {
    * a free port and log a warning with the URL.
    */
   onPortInUse?: 'fail' | 'any-free-port';
+  /**
+   * The job's config and run directory, for the gallery: with them (and `checkpointStore`), a
+   * Parti stage whose config has `dashboard.gallery.prompts` and `everySteps` gets samples
+   * generated from its committed checkpoints, decoded with the run's trained tokenizer.
+   */
+  generation?: { config: Config; runDir: string };
 }
 
 /**
@@ -258,16 +289,92 @@ export async function startCoordinatorDashboard(
     log.warn({ port: config.port, url: server.url }, 'dashboard port in use; serving on a free port instead');
   }
   const base = info.checkpointStore?.replace(/\/+$/, '');
-  const stop = bridgeCoordinator(coordinator, store, base ? { checkpointUri: (step) => `${base}/${manifestKey(step)}` } : {});
+  const gallery = galleryFor(store, config, info, metrics);
+  const retention = base ? retentionWatch(store, base) : null;
+  const stop = bridgeCoordinator(coordinator, store, {
+    ...(base ? { checkpointUri: (step: number) => `${base}/${manifestKey(step)}` } : {}),
+    onCheckpoint: (step) => {
+      retention?.check();
+      gallery?.checkpointCommitted(step);
+    },
+  });
   store.setReady(true);
   return {
     url: server.url,
     store,
     metrics,
     server,
+    gallery,
     async close() {
       stop();
+      await gallery?.close();
+      await retention?.close();
       await server.close();
+    },
+  };
+}
+
+/**
+ * The gallery generator of a job, or null: only a Parti stage has images, and only with prompts,
+ * a period, a checkpoint store and a trained tokenizer. A Parti stage configured for a gallery
+ * without a tokenizer gets one warning event saying why there is none.
+ */
+function galleryFor(store: RunStateStore, config: DashboardConfig, info: CoordinatorDashboardInfo, metrics: TrainingMetrics): GalleryGenerator | null {
+  const g = config.gallery;
+  if (g.prompts.length === 0 || g.everySteps === 0) return null;
+  if ((info.stage ?? 'parti') !== 'parti' || !info.generation) return null;
+  const { config: jobConfig, runDir } = info.generation;
+  const why = !info.checkpointStore
+    ? 'the job writes no checkpoints'
+    : !galleryTokenizerExists(galleryTokenizerDir(jobConfig, runDir))
+      ? `no trained image tokenizer in ${galleryTokenizerDir(jobConfig, runDir)}`
+      : null;
+  if (why) {
+    store.recordEvent({ kind: 'warning', message: `gallery off: ${why}` });
+    return null;
+  }
+  const generator = new GalleryGenerator({
+    store,
+    gallery: g,
+    metrics,
+    source: {
+      config: jobConfig,
+      configHash: store.job().configHash,
+      checkpointStore: info.checkpointStore!,
+      tokenizerDir: galleryTokenizerDir(jobConfig, runDir),
+    },
+  });
+  generator.warm();
+  return generator;
+}
+
+/**
+ * Marks checkpoints deleted once retention (checkpoint.keep) removed them: the commit prunes
+ * older manifests before the coordinator reports it, so the store is listed after each commit,
+ * one listing at a time.
+ */
+function retentionWatch(store: RunStateStore, url: string): { check(): void; close(): Promise<void> } {
+  let objects: ObjectStore | null = null;
+  let chain: Promise<void> = Promise.resolve();
+  let closed = false;
+  return {
+    check() {
+      chain = chain.then(async () => {
+        if (closed) return;
+        try {
+          objects ??= openStore(url);
+          const committed = new Set(await listCheckpointSteps(objects));
+          for (const c of store.checkpoints()) if (!c.deleted && !committed.has(c.step)) store.markCheckpointDeleted(c.step);
+        } catch (err) {
+          log.warn({ store: url, err: (err as Error).message }, 'dashboard: cannot list the checkpoint store; deletions are shown after the next commit');
+        }
+      });
+    },
+    async close() {
+      // The last commit's listing still runs (the page learns of its deletions before the end).
+      await chain;
+      closed = true;
+      await objects?.close();
     },
   };
 }

@@ -203,6 +203,7 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
         events: view.events(0, 200).events,
         skipped: view.skipped(),
         gallery: [...view.gallery()],
+        galleryKeep: view.galleryKeep(),
         historyPoints,
         now: Date.now(),
       };

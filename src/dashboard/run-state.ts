@@ -30,6 +30,8 @@ export interface RunStateView {
   skipped(): { samples: Record<string, number>; steps: number };
   /** Oldest first. */
   gallery(): readonly GalleryItem[];
+  /** Gallery items kept (older ones are dropped, with their images). */
+  galleryKeep(): number;
   /** The PNG of gallery item `id`: its sample, or attention map number `attention`. */
   galleryPng(id: string, attention?: number): Uint8Array | undefined;
   /** True once the coordinator serves its job (for /readyz). */
@@ -206,6 +208,10 @@ export class RunStateStore implements RunStateView {
 
   gallery(): readonly GalleryItem[] {
     return this.#gallery.map((g) => g.item);
+  }
+
+  galleryKeep(): number {
+    return this.#galleryKeep;
   }
 
   galleryPng(id: string, attention?: number): Uint8Array | undefined {

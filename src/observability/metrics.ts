@@ -47,6 +47,10 @@ export interface TrainingMetrics {
   readonly workerFailuresTotal: Counter;
   /** Times the job re-formed its ring and went on after a failure. */
   readonly recoveriesTotal: Counter;
+  /** Gallery generations (samples of the fixed prompts from a checkpoint), by result: done, failed, skipped. */
+  readonly galleryGenerationsTotal: Counter<'result'>;
+  /** Time to generate the gallery samples of one checkpoint (load, sample, render), seconds. */
+  readonly galleryGenerationSeconds: Histogram;
 }
 
 /** Options of {@link createTrainingMetrics}. */
@@ -131,6 +135,18 @@ export function createTrainingMetrics(options: TrainingMetricsOptions = {}): Tra
     recoveriesTotal: new Counter({
       name: 'parti_recoveries_total',
       help: 'Times the job re-formed its ring and went on after a failure.',
+      registers,
+    }),
+    galleryGenerationsTotal: new Counter({
+      name: 'parti_gallery_generations_total',
+      help: 'Gallery generations from committed checkpoints, by result (done, failed, skipped: replaced by a newer checkpoint while busy).',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    galleryGenerationSeconds: new Histogram({
+      name: 'parti_gallery_generation_seconds',
+      help: 'Time to generate the gallery samples of one checkpoint, seconds.',
+      buckets: checkpointBuckets,
       registers,
     }),
   };

@@ -18,6 +18,7 @@ const state = {
   gallery: [],
   clockOffset: 0,
   historyPoints: 600,
+  galleryKeep: 48,
 };
 const charts = {};
 let refetchTimer = null;
@@ -214,6 +215,7 @@ async function loadAll() {
   const o = await getJson('api/overview');
   state.clockOffset = o.now - Date.now();
   state.historyPoints = o.historyPoints;
+  state.galleryKeep = o.galleryKeep;
   state.job = o.job;
   state.workers = new Map(o.workers.map((w) => [w.id, w]));
   state.checkpoints = new Map(o.checkpoints.map((c) => [c.step, c]));
@@ -270,7 +272,8 @@ const apply = {
   gallery(u) {
     if (state.gallery.some((g) => g.id === u.item.id)) return;
     state.gallery.push(u.item);
-    if (state.gallery.length > 200) state.gallery.shift();
+    // The server drops the oldest past its keep (and their images): so does the page.
+    while (state.gallery.length > state.galleryKeep) state.gallery.shift();
     renderGallery();
   },
 };

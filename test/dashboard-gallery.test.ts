@@ -1,0 +1,164 @@
+// The gallery during a real Parti run: a real `parti coordinator` process and a real `parti
+// worker` process train a very small Parti model (16x16 images, 16 image tokens) with checkpoints
+// every 2 steps (keep 3); the coordinator's gallery thread samples the fixed prompts from the
+// committed checkpoints of steps 4, 8, ... with the run's image tokenizer. The API serves the
+// items (the PNGs decode, the prompts match, one attention map per prompt character), /metrics
+// counts them, retention shows as deleted checkpoints, and headless Chromium shows the samples.
+// SIGTERM then checkpoints and stops the job cleanly.
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+import { chromium, type BrowserContext } from 'playwright-core';
+import { parseConfig } from '../src/config/load.ts';
+import { saveTrainingState } from '../src/model/training-state.ts';
+import { createOptimizer } from '../src/model/optimizer.ts';
+import { VitVqgan } from '../src/model/vit-vqgan.ts';
+import { checkpointsResponseSchema, galleryResponseSchema, overviewResponseSchema } from '../src/dashboard/api-schema.ts';
+import { Cluster } from './orchestration-harness.ts';
+
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
+});
+
+const PROMPTS = ['a red circle', 'two blue squares'];
+const EVERY = 4;
+
+async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+test('a real Parti run fills the gallery from its checkpoints; the page shows it', { timeout: 150_000 }, async (t) => {
+  const t0 = Date.now();
+  const mark = (what: string) => t.diagnostic(`${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const cluster = new Cluster('dash-gallery');
+  cleanups.push(() => cluster.killAll());
+  const raw = {
+    name: 'gallery',
+    model: {
+      text: { vocabSize: 259, maxLength: 24, layers: 1, dModel: 16, heads: 2 },
+      image: { layers: 1, dModel: 16, heads: 2 },
+      tokenizer: { imageSize: 16, patchSize: 4, encoder: { layers: 1, dModel: 16, heads: 2 }, decoder: { layers: 1, dModel: 16, heads: 2 }, codebookSize: 16, codeDim: 4 },
+    },
+    data: { synthetic: { samples: 4096, seed: 0 } },
+    training: {
+      seed: 1,
+      tokenizer: { steps: 1, batchSize: 4, optimizer: { type: 'adamw', lr: 0.001 } },
+      // Far more steps than the test waits for: SIGTERM ends the job.
+      parti: { steps: 5000, batchSize: 4, optimizer: { type: 'adamw', lr: 0.001 } },
+    },
+    checkpoint: { everySteps: 2, keep: 3, atEnd: true },
+    runtime: { backend: 'wasm', workers: 1, heartbeatMs: 200, failureTimeoutMs: 5000 },
+    dashboard: { port: 0, gallery: { prompts: PROMPTS, everySteps: EVERY, keep: 8 } },
+  };
+  const config = parseConfig(raw, 'gallery test');
+  const cfg = cluster.config('gallery', raw);
+  // The run's image tokenizer, at its initialization (what the Parti stage reads from <run>/tokenizer).
+  const vq = new VitVqgan(config.model.tokenizer);
+  await saveTrainingState(join(cluster.dir, 'tokenizer'), {
+    stage: 'tokenizer',
+    step: 0,
+    configHash: 'test',
+    layout: vq.layout.toJSON(),
+    params: vq.layout.initialize(config.training.seed),
+    optimizer: createOptimizer(config.training.tokenizer.optimizer, vq.layout).exportState(),
+    extra: {},
+  });
+
+  const coordinator = await cluster.coordinator(cfg);
+  const url = (await coordinator.waitFor(/^dashboard: (http:\S+)$/, 10_000))[1]!;
+  const worker = cluster.worker(cfg, coordinator.address, 'w0');
+  mark('coordinator up');
+
+  // Both prompts of one step, served by the API.
+  const items = await until('gallery items of both prompts', 90_000, async () => {
+    const g = galleryResponseSchema.parse(await (await fetch(`${url}api/gallery`)).json());
+    return g.items.length >= PROMPTS.length ? g.items : undefined;
+  });
+  mark(`gallery items at step ${items[0]!.step}`);
+  const first = items.filter((i) => i.step === items[0]!.step);
+  assert.deepEqual(first.map((i) => i.prompt), PROMPTS, 'one sample per prompt, in order');
+  for (const item of items) {
+    assert.equal(item.step % EVERY, 0, `sampled at step ${item.step}: a checkpoint at a multiple of ${EVERY}`);
+    const res = await fetch(new URL(item.image, url));
+    assert.equal(res.headers.get('content-type'), 'image/png');
+    const png = PNG.sync.read(Buffer.from(await res.arrayBuffer()));
+    assert.deepEqual([png.width, png.height], [item.width, item.height]);
+    assert.equal(png.width, 16 * 8, '16-pixel samples enlarged to 128');
+    // One cross-attention map per prompt character (a 4x4 grid of image tokens each).
+    assert.equal(item.attention.map((a) => a.token).join(''), item.prompt.replaceAll(' ', '␣'));
+    const map = PNG.sync.read(Buffer.from(await (await fetch(new URL(item.attention[0]!.image, url))).arrayBuffer()));
+    assert.equal(map.width, 4 * 16);
+  }
+  // The same fixed prompts, the same seed: two samples of a prompt differ only through the model.
+  const metrics = await (await fetch(`${url}metrics`)).text();
+  const done = Number(/^parti_gallery_generations_total\{result="done"\} (\d+)$/m.exec(metrics)?.[1]);
+  assert.ok(done >= 1, `gallery generations counted: ${done}`);
+  assert.match(metrics, /^parti_gallery_generation_seconds_count [1-9]\d*$/m);
+
+  // Retention (keep 3) removed older checkpoints: the list still shows them, marked deleted.
+  const checkpoints = await until('a checkpoint marked deleted', 30_000, async () => {
+    const c = checkpointsResponseSchema.parse(await (await fetch(`${url}api/checkpoints`)).json()).checkpoints;
+    return c.some((x) => x.deleted) ? c : undefined;
+  });
+  const kept = checkpoints.filter((c) => !c.deleted).map((c) => c.step);
+  const deleted = checkpoints.filter((c) => c.deleted).map((c) => c.step);
+  assert.ok(Math.max(...deleted) < Math.min(...kept), `deleted ${deleted} are older than kept ${kept}`);
+  assert.equal(deleted[0], 2, 'the first checkpoint went first');
+
+  mark('API checked');
+  // The page shows the samples with their prompts.
+  const profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
+  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
+  const context: BrowserContext = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1400, height: 1200 },
+    timeout: 30_000,
+  });
+  cleanups.push(() => context.close());
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (err) => errors.push(err.message));
+  await page.goto(url, { timeout: 20_000 });
+  // The page loads gallery images lazily: bring them into view.
+  await page.locator('#gallery figure.sample').first().scrollIntoViewIfNeeded({ timeout: 20_000 });
+  await page.waitForFunction(
+    (n) => {
+      // The newest step's samples come first.
+      const imgs = Array.from(document.querySelectorAll<HTMLImageElement>('#gallery figure.sample > img')).slice(0, n);
+      return imgs.length === n && imgs.every((i) => i.complete && i.naturalWidth === 128);
+    },
+    PROMPTS.length,
+    { timeout: 20_000 },
+  );
+  const captions = await page.locator('#gallery figure.sample > figcaption .prompt').allTextContents();
+  for (const p of PROMPTS) assert.ok(captions.includes(p), `the page shows "${p}": ${captions}`);
+  assert.ok((await page.locator('#gallery figure.sample .attn img').count()) >= PROMPTS.join('').length);
+  await page.waitForFunction(() => document.querySelectorAll('#checkpoints tbody tr.gone').length > 0, null, { timeout: 20_000 });
+  mkdirSync('test-artifacts', { recursive: true });
+  await page.screenshot({ path: join('test-artifacts', 'dashboard-gallery.png'), fullPage: true });
+  const overview = overviewResponseSchema.parse(await (await fetch(`${url}api/overview`)).json());
+  assert.equal(overview.galleryKeep, 8);
+  assert.ok((await page.locator('#gallery figure.sample').count()) <= 8, 'the page drops what the server dropped');
+  assert.ok(!overview.events.some((e) => e.kind === 'warning' && /gallery/.test(e.message)), 'no gallery warning');
+  assert.deepEqual(errors, []);
+
+  mark('page checked');
+  // SIGTERM: a checkpoint, then a clean stop of both processes (the gallery thread holds nothing
+  // open); the worker's 75 says the coordinator stopped the job before its end.
+  coordinator.proc.kill('SIGTERM');
+  assert.equal(await coordinator.exited, 0);
+  assert.equal(await worker.exited, 75);
+  rmSync(cluster.dir, { recursive: true, force: true });
+});
