@@ -219,6 +219,35 @@ function seedPods(): void {
   fake.podLogs.set(`${NS}/tiny-workers-1-x1`, 'joined as rank 1\n');
 }
 
+test('mutual TLS: a config with security.tls needs the parti-tls Secret and files where it is mounted; without TLS it must bind as configured', async () => {
+  const mtls = writeClusterConfig('tiny', [
+    ['  plaintextBind: as-configured\n  # tls: ', '  tls: '],
+    ['  # tokenFile: ', '  tokenFile: '],
+  ]);
+  assert.match(readFileSync(mtls, 'utf8'), /^ {2}tls: \{ ca: \/etc\/parti\/tls\/ca\.crt/m);
+  const missing = await rejection(applyJob({ configFile: mtls, image: IMAGE, workers: 2, kubeconfig }));
+  assert.match(missing.message, /^secret parti-tls not found in namespace ml-team: create it first, e\.g\. `kubectl -n ml-team create secret generic parti-tls .*parti certs init --out DIR/);
+  assert.deepEqual(writes(), []);
+  fake.put('secrets', NS, { metadata: { name: 'parti-tls' }, data: { 'ca.crt': 'eA==' } });
+  await applyJob({ configFile: mtls, image: IMAGE, workers: 2, kubeconfig });
+  assert.ok(fake.summary().includes(`GET /api/v1/namespaces/${NS}/secrets/parti-tls`));
+  // every pod mounts the Secret, with its own role's certificate under the names the config uses
+  for (const [kind, role] of [['deployments', 'coordinator'], ['jobs', 'worker']] as const) {
+    const spec = (fake.get(kind, NS, kind === 'jobs' ? 'tiny-workers' : 'tiny-coordinator') as any).spec.template.spec;
+    const tls = spec.volumes.find((v: any) => v.name === 'tls').secret;
+    assert.equal(tls.secretName, 'parti-tls');
+    assert.deepEqual(tls.items.map((i: any) => `${i.key}->${i.path}`), ['ca.crt->ca.crt', `${role}.crt->tls.crt`, `${role}.key->tls.key`, 'token->token']);
+    assert.deepEqual(spec.containers[0].volumeMounts.find((m: any) => m.name === 'tls'), { name: 'tls', mountPath: '/etc/parti/tls', readOnly: true });
+  }
+
+  const elsewhere = await rejection(
+    applyJob({ configFile: writeClusterConfig('tiny', [['  plaintextBind: as-configured\n  # tls: { ca: /etc/parti/tls/ca.crt', '  tls: { ca: /home/me/ca.crt']]), image: IMAGE, workers: 2, kubeconfig }),
+  );
+  assert.match(elsewhere.message, /security\.tls\.ca: must be a file in \/etc\/parti\/tls\/ in a cluster .*got \/home\/me\/ca\.crt$/);
+  const loopback = await rejection(applyJob({ configFile: writeClusterConfig('tiny', [['plaintextBind: as-configured', 'plaintextBind: loopback']]), image: IMAGE, workers: 2, kubeconfig }));
+  assert.match(loopback.message, /security: set tls \(files in \/etc\/parti\/tls\/\) or plaintextBind: as-configured in a cluster/);
+});
+
 test('status, logs and delete', async () => {
   await applyJob({ configFile: CONFIG, image: IMAGE, workers: 2, kubeconfig });
   seedPods();

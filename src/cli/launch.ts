@@ -35,6 +35,7 @@ export function register(program: Command): void {
       .option('--gpus <n>', 'NVIDIA GPUs per worker pod; 0 = CPU workers', '0')
       .option('--s3-secret <name>', 'Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, … for the checkpoint bucket', 'parti-s3')
       .option('--dashboard-secret <name>', 'Secret whose key `token` protects the dashboard', 'parti-dashboard')
+      .option('--tls-secret <name>', 'optional Secret with ca.crt, coordinator.crt/key, worker.crt/key, token (mutual TLS; mounted at /etc/parti/tls)', 'parti-tls')
       .option('--dry-run', 'print the objects as YAML and touch no cluster'),
   ).action(
     async (opts: {
@@ -44,6 +45,7 @@ export function register(program: Command): void {
       gpus: string;
       s3Secret: string;
       dashboardSecret: string;
+      tlsSecret: string;
       dryRun?: boolean;
       namespace?: string;
       kubeconfig?: string;
@@ -56,6 +58,7 @@ export function register(program: Command): void {
         gpusPerWorker: intFlag('--gpus', opts.gpus),
         s3Secret: opts.s3Secret,
         dashboardSecret: opts.dashboardSecret,
+        tlsSecret: opts.tlsSecret,
         ...clusterOptions(opts),
       };
       if (opts.dryRun) {

@@ -5,7 +5,17 @@ import type { Config } from '../config/schema.ts';
 import { PartiError, usageError } from '../errors.ts';
 import { log } from '../observability/log.ts';
 import { apiStatus, clusterError, connectCluster, type Cluster, type ClusterOptions } from './cluster-client.ts';
-import { buildJobObjects, COORDINATOR_HTTP_PORT, JOB_NAME_PATTERN, DEFAULT_DASHBOARD_SECRET, DEFAULT_S3_SECRET, type JobObjects, type JobObjectsInput } from './job-objects.ts';
+import {
+  buildJobObjects,
+  COORDINATOR_HTTP_PORT,
+  JOB_NAME_PATTERN,
+  DEFAULT_DASHBOARD_SECRET,
+  DEFAULT_S3_SECRET,
+  DEFAULT_TLS_SECRET,
+  TLS_MOUNT_DIR,
+  type JobObjects,
+  type JobObjectsInput,
+} from './job-objects.ts';
 
 /** What `parti launch k8s` is asked to do. */
 export interface LaunchOptions {
@@ -23,6 +33,8 @@ export interface LaunchOptions {
   s3Secret?: string;
   /** Secret with the dashboard token under `token` (default parti-dashboard). */
   dashboardSecret?: string;
+  /** Optional Secret with the TLS files and job token (default parti-tls); required when the config sets security.tls. */
+  tlsSecret?: string;
 }
 
 /** What happened to one object. */
@@ -36,7 +48,7 @@ export interface AppliedObject {
 const NAMESPACE_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Validates the options and the config and builds the job's objects; touches no cluster. */
-export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; objects: JobObjects } {
+export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; objects: JobObjects; mtls: boolean } {
   if (!options.image || /\s/.test(options.image)) throw usageError('--image', `an image reference (registry/name:tag), got "${options.image ?? ''}"`);
   if (options.workers !== undefined && (!Number.isInteger(options.workers) || options.workers < 1 || options.workers > 10000)) {
     throw usageError('--workers', `an integer from 1 to 10000, got ${options.workers}`);
@@ -66,8 +78,9 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
     namespace: options.namespace,
     s3Secret: options.s3Secret ?? DEFAULT_S3_SECRET,
     dashboardSecret: options.dashboardSecret ?? DEFAULT_DASHBOARD_SECRET,
+    tlsSecret: options.tlsSecret ?? DEFAULT_TLS_SECRET,
   };
-  return { input, objects: buildJobObjects(input) };
+  return { input, objects: buildJobObjects(input), mtls: config.security.tls !== undefined };
 }
 
 /**
@@ -85,6 +98,9 @@ export async function applyJob(options: LaunchOptions & ClusterOptions): Promise
   await checkNamespace(cluster, namespace);
   await checkSecret(cluster, namespace, prepared.input.s3Secret!, 'AWS_ACCESS_KEY_ID=… --from-literal=AWS_SECRET_ACCESS_KEY=…');
   await checkSecret(cluster, namespace, prepared.input.dashboardSecret!, 'token=$(openssl rand -hex 24)');
+  if (prepared.mtls) {
+    await checkSecret(cluster, namespace, prepared.input.tlsSecret!, 'token=$(openssl rand -hex 24) --from-file=DIR/ca.crt --from-file=DIR/coordinator.crt --from-file=DIR/coordinator.key --from-file=DIR/worker.crt --from-file=DIR/worker.key` (DIR from `parti certs init --out DIR`');
+  }
   // Decide about the worker Job before changing anything, so a refused launch changes nothing.
   const jobPlan = await planWorkerJob(cluster, namespace, prepared.input.name, objects.workers);
 
@@ -234,6 +250,16 @@ function checkClusterReady(file: string, config: Config): void {
   const url = config.checkpoint.url;
   if (!url?.startsWith('s3://')) {
     throw new PartiError('config', `${file}: checkpoint.url: must be s3://bucket/prefix in a cluster (a pod's own disk is lost with it), got ${url ?? 'none (the run directory)'}`);
+  }
+  const sec = config.security;
+  if (sec.tls) {
+    for (const [field, path] of Object.entries({ ca: sec.tls.ca, cert: sec.tls.cert, key: sec.tls.key })) {
+      if (!path.startsWith(`${TLS_MOUNT_DIR}/`)) {
+        throw new PartiError('config', `${file}: security.tls.${field}: must be a file in ${TLS_MOUNT_DIR}/ in a cluster (where the TLS Secret is mounted: ca.crt, tls.crt, tls.key), got ${path}`);
+      }
+    }
+  } else if (sec.plaintextBind !== 'as-configured') {
+    throw new PartiError('config', `${file}: security: set tls (files in ${TLS_MOUNT_DIR}/) or plaintextBind: as-configured in a cluster (without TLS parti binds 127.0.0.1 only, and pods could not reach each other)`);
   }
   if (!config.checkpoint.atEnd) {
     throw new PartiError('config', `${file}: checkpoint.atEnd: must be true in a cluster (a restarted coordinator knows the job finished by its checkpoint at the last step)`);

@@ -36,6 +36,14 @@ export const RUN_DIR = '/var/lib/parti';
 /** Secrets the pods read; `parti launch` checks that they exist before creating anything. */
 export const DEFAULT_S3_SECRET = 'parti-s3';
 export const DEFAULT_DASHBOARD_SECRET = 'parti-dashboard';
+/**
+ * The optional Secret with the job's TLS files and token (`parti certs init` makes them): keys
+ * ca.crt, coordinator.crt, coordinator.key, worker.crt, worker.key, token. Each pod mounts the CA,
+ * its role's certificate and key as tls.crt and tls.key, and the token, at TLS_MOUNT_DIR.
+ */
+export const DEFAULT_TLS_SECRET = 'parti-tls';
+/** Where the TLS Secret is mounted; the config's security section names files in it. */
+export const TLS_MOUNT_DIR = '/etc/parti/tls';
 /** The key of the dashboard Secret that holds the bearer token. */
 export const DASHBOARD_TOKEN_KEY = 'token';
 
@@ -68,6 +76,8 @@ export interface JobObjectsInput {
   s3Secret?: string;
   /** Secret whose `token` key protects the dashboard. */
   dashboardSecret?: string;
+  /** Optional Secret with the TLS files and job token (DEFAULT_TLS_SECRET's keys). */
+  tlsSecret?: string;
 }
 
 /** The five objects of a job, in the order they are applied. */
@@ -94,6 +104,7 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
   const { name, image, workers, gpusPerWorker, namespace } = input;
   const s3Secret = input.s3Secret ?? DEFAULT_S3_SECRET;
   const dashboardSecret = input.dashboardSecret ?? DEFAULT_DASHBOARD_SECRET;
+  const tlsSecret = input.tlsSecret ?? DEFAULT_TLS_SECRET;
   const names = jobObjectNames(name);
   const ns = namespace === undefined ? {} : { namespace };
   const labels = (component: 'coordinator' | 'worker') => ({
@@ -138,15 +149,33 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
     },
   };
 
-  const volumes: V1Volume[] = [
+  // Optional: without the Secret the folder is empty; each role gets its own certificate under
+  // the same names, so one config (security.tls → TLS_MOUNT_DIR/tls.crt …) serves every pod.
+  const tlsVolume = (role: 'coordinator' | 'worker'): V1Volume => ({
+    name: 'tls',
+    secret: {
+      secretName: tlsSecret,
+      optional: true,
+      defaultMode: 0o440,
+      items: [
+        { key: 'ca.crt', path: 'ca.crt' },
+        { key: `${role}.crt`, path: 'tls.crt' },
+        { key: `${role}.key`, path: 'tls.key' },
+        { key: 'token', path: 'token' },
+      ],
+    },
+  });
+  const volumes = (role: 'coordinator' | 'worker'): V1Volume[] => [
     { name: 'config', configMap: { name: configMapName } },
     { name: 'run', emptyDir: {} },
     { name: 'tmp', emptyDir: {} },
+    tlsVolume(role),
   ];
   const volumeMounts: V1VolumeMount[] = [
     { name: 'config', mountPath: CONFIG_MOUNT_DIR, readOnly: true },
     { name: 'run', mountPath: RUN_DIR },
     { name: 'tmp', mountPath: '/tmp' },
+    { name: 'tls', mountPath: TLS_MOUNT_DIR, readOnly: true },
   ];
   const podSecurityContext: V1PodSecurityContext = {
     runAsNonRoot: true,
@@ -221,7 +250,7 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
           terminationGracePeriodSeconds: 120,
           securityContext: podSecurityContext,
           containers: [coordinatorContainer],
-          volumes,
+          volumes: volumes('coordinator'),
         },
       },
     },
@@ -290,7 +319,7 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
           securityContext: podSecurityContext,
           ...(gpusPerWorker > 0 ? { tolerations: [{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }] } : {}),
           containers: [workerContainer],
-          volumes,
+          volumes: volumes('worker'),
         },
       },
     },
