@@ -355,3 +355,52 @@ test('the token comes from the config, a token file or an environment variable',
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('live-update streams are capped (503 with Retry-After beyond maxStreams) and closed ones free their place', { timeout: 20_000 }, async () => {
+  const { store } = populated();
+  const s = await start({ view: store, maxStreams: 2 });
+  const open = async () => {
+    const controller = new AbortController();
+    const res = await fetch(`${s.url}api/stream`, { signal: controller.signal });
+    return { res, controller };
+  };
+  const waitStreams = async (n: number) => {
+    const deadline = Date.now() + 10_000;
+    while (s.openStreams() !== n) {
+      assert.ok(Date.now() < deadline, `${s.openStreams()} streams open, expected ${n}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  const a = await open();
+  const b = await open();
+  assert.deepEqual([a.res.status, b.res.status], [200, 200]);
+  await waitStreams(2);
+  const refused = await fetch(`${s.url}api/stream`);
+  assert.equal(refused.status, 503);
+  assert.equal(refused.headers.get('retry-after'), '10');
+  assert.match(errorResponseSchema.parse(await refused.json()).error, /too many live-update streams: 2 open, at most 2 \(dashboard\.maxStreams\)/);
+  // The rest of the API is not limited.
+  assert.equal((await fetch(`${s.url}api/job`)).status, 200);
+  // A client that goes away frees its place; updates go on reaching the others.
+  a.controller.abort();
+  await a.res.body?.cancel().catch(() => {});
+  await waitStreams(1);
+  const c = await open();
+  assert.equal(c.res.status, 200);
+  await waitStreams(2);
+  store.recordStep(stepRecord(3001));
+  const reader = c.res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let text = '';
+  const deadline = Date.now() + 10_000;
+  while (!/event: step/.test(text)) {
+    assert.ok(Date.now() < deadline, 'no step update on the new stream');
+    const { value, done } = await reader.read();
+    assert.ok(!done, 'the stream ended');
+    text += value;
+  }
+  for (const x of [b, c]) x.controller.abort();
+  await reader.cancel().catch(() => {});
+  await waitStreams(0);
+  assert.equal(dashboardSchema.parse({}).maxStreams, 32);
+  assert.equal(dashboardServerOptions(dashboardSchema.parse({ maxStreams: 5 }), { view: store }).maxStreams, 5);
+});

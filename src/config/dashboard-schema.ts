@@ -40,6 +40,11 @@ export const dashboardSchema = z.strictObject({
   allowUnauthenticated: z.boolean().default(false),
   /** Points drawn per chart; longer histories are downsampled on the server (LTTB). */
   historyPoints: z.number().int().min(50).max(10000).default(600),
+  /**
+   * Live-update streams (Server-Sent Events: one per open page) served at once. One more is
+   * answered 503 with a Retry-After; each stream costs a socket and a serialization per update.
+   */
+  maxStreams: z.number().int().min(1).max(10000).default(32),
   /** Events kept in memory for the event log (oldest dropped first; counters stay exact). */
   eventsKept: z.number().int().min(10).max(100000).default(2000),
   gallery: gallerySchema.prefault({}),

@@ -42,6 +42,8 @@ export interface DashboardServerOptions {
   historyPoints?: number;
   /** A comment line is sent on idle SSE streams this often, so proxies keep them open (default 15 s). */
   sseKeepAliveMs?: number;
+  /** Live-update streams served at once (default 32); one more is answered 503 with Retry-After. */
+  maxStreams?: number;
 }
 
 /** A running dashboard server. */
@@ -51,6 +53,8 @@ export interface DashboardServer {
   readonly host: string;
   readonly port: number;
   readonly server: Server;
+  /** Live-update streams open now. */
+  openStreams(): number;
   /** Ends live streams and open connections, then stops listening. */
   close(): Promise<void>;
 }
@@ -68,6 +72,7 @@ export function dashboardServerOptions(
     port: config.port,
     allowUnauthenticated: config.allowUnauthenticated,
     historyPoints: config.historyPoints,
+    maxStreams: config.maxStreams,
     ...(token !== undefined ? { token } : {}),
     ...(parts.metrics ? { registry: parts.metrics.registry } : {}),
   };
@@ -114,6 +119,8 @@ class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** Extra response headers (Retry-After). */
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
   }
@@ -140,12 +147,14 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
   const historyPoints = options.historyPoints ?? 600;
   const keepAliveMs = options.sseKeepAliveMs ?? 15_000;
   const streams = new Set<ServerResponse>();
+  const maxStreams = options.maxStreams ?? 32;
   const guardHost = !auth.required && isLoopback(host);
 
   const server = createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
       const status = err instanceof HttpError ? err.status : 500;
       if (status === 500) log.error({ err, url: req.url }, 'dashboard request failed');
+      if (err instanceof HttpError) for (const [k, v] of Object.entries(err.headers)) if (!res.headersSent) res.setHeader(k, v);
       if (!res.headersSent) sendJson(res, status, { error: err instanceof Error ? err.message : String(err) });
       else res.destroy();
     });
@@ -275,6 +284,14 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
   }
 
   function openStream(req: IncomingMessage, res: ServerResponse): void {
+    if (streams.size >= maxStreams) {
+      trace('stream refused', { streams: streams.size });
+      throw new HttpError(
+        503,
+        `too many live-update streams: ${streams.size} open, at most ${maxStreams} (dashboard.maxStreams); close another dashboard tab or retry later`,
+        { 'retry-after': '10' },
+      );
+    }
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
@@ -294,13 +311,15 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
     });
     const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), keepAliveMs);
     keepAlive.unref();
+    // A client that goes away (tab closed, network gone, a write error) frees its place at once.
     const done = () => {
       clearInterval(keepAlive);
       unsubscribe();
-      streams.delete(res);
+      if (streams.delete(res)) trace('stream closed', { streams: streams.size });
     };
     req.on('close', done);
     res.on('close', done);
+    res.on('error', done);
     trace('stream opened', { streams: streams.size });
   }
 
@@ -321,6 +340,7 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
     host,
     port,
     server,
+    openStreams: () => streams.size,
     async close() {
       for (const res of streams) res.end();
       streams.clear();

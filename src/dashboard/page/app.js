@@ -294,9 +294,9 @@ async function resync() {
   }
 }
 
-function connect() {
+function connect(afterLoss = false) {
   const source = new EventSource('api/stream');
-  let lost = false;
+  let lost = afterLoss;
   source.addEventListener('open', () => {
     setLive('live', 'live');
     // After a reconnect the stream does not replay what was missed: load everything again.
@@ -305,6 +305,13 @@ function connect() {
   });
   source.addEventListener('error', () => {
     lost = true;
+    if (source.readyState === EventSource.CLOSED) {
+      // Refused (503: the server's stream limit) or failed for good: the browser does not retry
+      // on its own, so the page does, after a while, and reloads what it missed.
+      setLive('lost', 'busy: retrying');
+      setTimeout(() => connect(true), 10_000);
+      return;
+    }
     setLive('lost', 'reconnecting');
   });
   for (const type of Object.keys(apply)) {
