@@ -5,8 +5,13 @@
 //   waiting for the slowest peer to finish its backward pass);
 // - the time from a worker's SIGKILL to the next committed step (2 workers, minimum 1: the
 //   survivor detects the death, aborts, re-forms alone and redoes the step).
+// - with --checkpoint-stall: the step-time stall of checkpointing every step on the real worker
+//   (checkpoint.everySteps 1 against none, to file:// in the run directory): wall time per step,
+//   the median step time and the workers' snapshot time, alternating the two runs.
 // The frozen image tokenizer is at its initialization (throughput does not depend on its training).
 // Run: flock /tmp/parti-bench.lock npx tsx bench/scaling.ts [--steps 8] [--per-worker-batch 8]
+//      flock /tmp/parti-bench.lock npx tsx bench/scaling.ts --checkpoint-stall [--workers 2] [--steps 16] [--rounds 2]
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
 import { loadConfig } from '../src/config/load.ts';
@@ -33,7 +38,7 @@ interface StepLine {
   at: number;
 }
 
-async function setup(cluster: Cluster, workers: number, steps: number, minWorkers = workers): Promise<string> {
+async function setup(cluster: Cluster, workers: number, steps: number, minWorkers = workers, checkpointEvery = 0): Promise<string> {
   const tiny = loadConfig('configs/tiny.yaml');
   tiny.training.parti.steps = steps;
   tiny.training.parti.batchSize = PER_WORKER * workers;
@@ -43,7 +48,8 @@ async function setup(cluster: Cluster, workers: number, steps: number, minWorker
   tiny.runtime.workers = workers;
   tiny.runtime.minWorkers = minWorkers;
   tiny.runtime.failureTimeoutMs = 3000;
-  tiny.checkpoint.everySteps = 0;
+  tiny.checkpoint.everySteps = checkpointEvery;
+  tiny.checkpoint.keep = 2;
   tiny.checkpoint.atEnd = false;
   tiny.dashboard.enabled = false;
   const vq = new VitVqgan(tiny.model.tokenizer);
@@ -115,8 +121,57 @@ async function recovery(): Promise<{ detectToNextStepMs: number; stepMsBefore: n
   }
 }
 
-process.env.PARTI_LOG_LEVEL ??= 'warn';
+/** A run of `workers` workers checkpointing every `every` steps (0: never); timed after the warm-up. */
+async function checkpointRun(workers: number, every: number): Promise<{ wallMs: number; stepMs: number; computeMs: number; commits: number; snapshotMs: number[]; bytes: number }> {
+  const cluster = new Cluster(`ckpt-stall${workers}-${every}`);
+  try {
+    const cfg = await setup(cluster, workers, STEPS, workers, every);
+    // the coordinator logs each commit at info (with the ranks' snapshot time)
+    const c = await cluster.coordinator(cfg);
+    for (let i = 0; i < workers; i++) cluster.worker(cfg, c.address, `w${i}`);
+    await c.waitFor(/"done":true/, 900_000);
+    const s = steps(c.lines).filter((x) => x.step >= WARMUP);
+    const log = readFileSync(join(cluster.dir, 'coordinator.log'), 'utf8');
+    // (a synchronous coordinator, before the asynchronous saves, logs the commit without sizes)
+    const commits = [...log.matchAll(/checkpoint of step \d+ committed \(\d+ objects(?:, (\d+) bytes, \d+ ms after it started; snapshot ([\d.]+) ms)?\)/g)];
+    const timed = commits.filter((m) => m[2] !== undefined);
+    return {
+      wallMs: (s.at(-1)!.at - s[0]!.at) / (s.length - 1),
+      stepMs: median(s.map((x) => x.stepMs)),
+      computeMs: median(s.map((x) => x.computeMs)),
+      commits: commits.length,
+      snapshotMs: timed.map((m) => Number(m[2])),
+      bytes: timed.length ? Number(timed[0]![1]) : 0,
+    };
+  } finally {
+    await cluster.killAll();
+  }
+}
+
 const load = () => loadavg()[0]!.toFixed(1);
+if (process.argv.includes('--checkpoint-stall')) {
+  process.env.PARTI_LOG_LEVEL ??= 'info';
+  const workers = arg('--workers', 2);
+  console.log(`checkpoint stall on the real worker: tiny config, wasm, ${workers} workers, ${PER_WORKER} samples per worker per step, ${STEPS} steps (first ${WARMUP} not timed), file:// store; checkpoint.everySteps 1 vs none, alternating`);
+  const none: number[] = [];
+  const every: number[] = [];
+  for (let round = 0; round < arg('--rounds', 2); round++) {
+    for (const e of [0, 1]) {
+      const before = load();
+      const r = await checkpointRun(workers, e);
+      (e ? every : none).push(r.wallMs);
+      const snap = r.snapshotMs.length
+        ? `; ${r.commits} checkpoints of ${(r.bytes / 1e6).toFixed(1)} MB committed, snapshot median ${median(r.snapshotMs).toFixed(1)} ms (max ${Math.max(...r.snapshotMs).toFixed(1)})`
+        : e ? `; ${r.commits} checkpoints committed` : '';
+      console.log(`${e ? 'every step' : 'none      '}: ${r.wallMs.toFixed(0)} ms per step (wall), median step ${r.stepMs.toFixed(0)} ms (compute ${r.computeMs.toFixed(0)} ms)${snap}; load average ${before} -> ${load()}`);
+    }
+  }
+  const a = median(none);
+  const b = median(every);
+  console.log(`stall of checkpointing every step: ${(b - a).toFixed(0)} ms per step = ${(((b - a) / a) * 100).toFixed(1)}% (median of rounds; goal < 5%)`);
+  process.exit(0);
+}
+process.env.PARTI_LOG_LEVEL ??= 'warn';
 console.log(`tiny config, wasm, ${PER_WORKER} samples per worker per step, ${STEPS} steps (first ${WARMUP} not timed); 1 and 2 workers alternate twice`);
 const ROUNDS = arg('--rounds', 2);
 const ones: number[] = [];

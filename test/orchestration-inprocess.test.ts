@@ -16,36 +16,49 @@ import { EpochPlan } from '../src/data/epoch-plan.ts';
 import { LinearModel } from '../src/worker/linear-model.ts';
 import { WorkerRuntime } from '../src/worker/worker-runtime.ts';
 import { PartiError } from '../src/errors.ts';
+import { StoreCheckpointCommitter } from '../src/coordinator/checkpoint-committer.ts';
+import { FileStore } from '../src/storage/file-store.ts';
+import { listCheckpointSteps } from '../src/storage/checkpoint-load.ts';
+import { CheckpointShards } from '../src/worker/checkpoint-shards.ts';
 
 interface Run {
   params: Float32Array[];
   ledger: ReturnType<typeof readLedger>;
   skipped: number;
   optimizerStateBytes: number[];
+  /** Committed checkpoints (with checkpointEvery), in commit order, and where they are. */
+  checkpoints: number[];
+  store: FileStore | null;
 }
 
-async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: number[]; steps?: number } = {}): Promise<Run> {
+async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: number[]; steps?: number; checkpointEvery?: number } = {}): Promise<Run> {
   const dir = mkdtempSync(join(tmpdir(), 'parti-orch-'));
   const steps = opts.steps ?? 12;
+  const plan = new StepPlan(new EpochPlan([{ samples: 40 }, { samples: 56 }], { seed: 3, globalBatch: 12 }));
+  const store = opts.checkpointEvery ? new FileStore(join(dir, 'checkpoints')) : null;
   const coordinator = new Coordinator({
     jobId: 'job',
     configHash: 'hash',
     totalSteps: steps,
     microBatch: 4,
-    plan: new StepPlan(new EpochPlan([{ samples: 40 }, { samples: 56 }], { seed: 3, globalBatch: 12 })),
+    plan,
     targetWorkers: workers,
     minWorkers: workers,
     heartbeatMs: 100,
     failureTimeoutMs: 2000,
     stepDeadlineMs: 10_000,
     zeroStage: opts.zeroStage ?? 0,
-    checkpointEvery: 0,
-    checkpointAtEnd: false,
-    checkpoints: null,
+    checkpointEvery: opts.checkpointEvery ?? 0,
+    checkpointAtEnd: store !== null,
+    checkpoints: store ? new StoreCheckpointCommitter(store, { configHash: 'hash', config: {}, keep: 2, plan, seed: 0 }) : null,
     ledgerFile: join(dir, 'ledger.jsonl'),
   });
   const server = await startCoordinatorServer(coordinator, '127.0.0.1', 0, 1 << 20);
   const hub = new InMemoryHub();
+  // Upload threads loaded first: in one process, threads that load at once (tsx compiling the
+  // store modules) can hold up the heartbeat threads past the failure timeout.
+  const shards = Array.from({ length: workers }, () => (store ? new CheckpointShards(store, 'hash') : null));
+  await Promise.all(shards.map((s) => s?.start()));
   const runtimes = Array.from({ length: workers }, (_, i) => {
     return new WorkerRuntime({
       coordinator: server.address,
@@ -61,8 +74,12 @@ async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: nu
       stepDeadlineMs: 5000,
       maxMessageBytes: 1 << 20,
       reconnectMs: 2000,
-      store: null,
+      store: shards[i]!,
     });
+  });
+  const checkpoints: number[] = [];
+  coordinator.subscribe((e) => {
+    if (e.type === 'event' && e.event.checkpoint) checkpoints.push(e.event.checkpoint.step);
   });
   const bytes: number[] = [];
   coordinator.subscribe((e) => {
@@ -71,7 +88,7 @@ async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: nu
   try {
     const exits = await Promise.all(runtimes.map((r) => r.run()));
     assert.ok(exits.every((e) => e.applied === steps), `every worker applied ${steps} steps`);
-    return { params: runtimes.map((r) => r.params().slice()), ledger: readLedger(join(dir, 'ledger.jsonl')), skipped: coordinator.skippedSteps, optimizerStateBytes: bytes };
+    return { params: runtimes.map((r) => r.params().slice()), ledger: readLedger(join(dir, 'ledger.jsonl')), skipped: coordinator.skippedSteps, optimizerStateBytes: bytes, checkpoints, store };
   } finally {
     coordinator.close();
     await server.close();
@@ -116,6 +133,17 @@ test('ZeRO-1 reaches the parameters of the unsharded run; optimizer state per wo
   const full = plain.optimizerStateBytes[0]!;
   assert.equal(full, 11 * 2 * 4);
   assert.deepEqual(zero.optimizerStateBytes, [5 * 8, 6 * 8]);
+});
+
+test('asynchronous checkpoints every step (ZeRO-1): training is unchanged, every step is committed, the last one loads to the final state', { timeout: 60_000 }, async () => {
+  const plain = await runJob(2, { zeroStage: 1, steps: 8 });
+  const saved = await runJob(2, { zeroStage: 1, steps: 8, checkpointEvery: 1 });
+  assert.deepEqual(saved.params[0], plain.params[0], 'bitwise the same parameters as without checkpoints');
+  assert.deepEqual(saved.checkpoints, [1, 2, 3, 4, 5, 6, 7, 8], 'steps 1-7 while training, 8 at the end');
+  assert.deepEqual(await listCheckpointSteps(saved.store!), [7, 8], 'keep 2');
+  const loaded = await new CheckpointShards(saved.store!, 'hash').load(8, 0, saved.params[0]!.length);
+  assert.deepEqual(loaded.params, saved.params[0]);
+  assert.equal(loaded.optimizer.updates, 8);
 });
 
 test('a worker of another job or config is refused with a clear error on both sides', { timeout: 30_000 }, async () => {

@@ -5,6 +5,7 @@ import { StepPlan } from './step-samples.ts';
 import { EpochPlan } from '../data/epoch-plan.ts';
 import { PartiError } from '../errors.ts';
 import type { Command, StepReport } from './protocol.ts';
+import { objectKey } from '../storage/checkpoint-manifest.ts';
 
 /** A scripted worker: records the commands it gets; the test answers for it. */
 class FakeWorker {
@@ -24,7 +25,8 @@ class FakeWorker {
   report(kind: StepReport['kind'], epoch: number, step: number, extra: Partial<StepReport> = {}): boolean {
     return this.c.report({
       jobId: 'job', workerId: this.id, kind, epoch, step, loss: 1, nonFinite: false, computeMs: 1, allReduceMs: 1, optimizerMs: 0,
-      samples: 1, optimizerStateBytes: 80, gradNorm: 0, error: '', checkpointObjectsJson: '', learningRate: 0.1, tokens: 0, ...extra,
+      samples: 1, optimizerStateBytes: 80, gradNorm: 0, error: '', checkpointObjectsJson: '', learningRate: 0.1, tokens: 0,
+      allReduceBytes: 0, skippedSamples: {}, snapshotMs: 0, ...extra,
     });
   }
   /** Answers a reconfigure with READY. */
@@ -37,6 +39,11 @@ class FakeWorker {
     const s = this.last().step!;
     this.report('REDUCED', s.epoch, s.step, extra);
   }
+}
+
+/** A rank's object list as a worker reports it. */
+function objectsJson(step: number, ...names: string[]): string {
+  return JSON.stringify(names.map((name) => ({ name, key: objectKey(step, name), size: 8, sha256: 'a'.repeat(64) })));
 }
 
 function options(o: Partial<CoordinatorOptions> = {}): CoordinatorOptions {
@@ -180,10 +187,12 @@ test('when no member holds the state, the job goes back to the latest checkpoint
       a.reduced();
       b.reduced();
     }
-    assert.equal(c.phase.kind, 'checkpointing');
-    const ck = a.last().checkpoint!;
-    a.report('CHECKPOINTED', ck.epoch, ck.step);
-    b.report('CHECKPOINTED', ck.epoch, ck.step);
+    // asynchronous: the checkpoint command, then at once the next step
+    assert.equal(c.phase.kind, 'stepping');
+    const ck = a.commands.at(-2)!.checkpoint!;
+    assert.equal(ck.step, 2);
+    a.report('CHECKPOINTED', ck.epoch, ck.step, { checkpointObjectsJson: objectsJson(2, 'optimizer-rank-0.bin') });
+    b.report('CHECKPOINTED', ck.epoch, ck.step, { checkpointObjectsJson: objectsJson(2, 'optimizer-rank-1.bin') });
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(committed, [2]);
     a.reduced();
@@ -232,7 +241,7 @@ test('ZeRO-1: a worker that leaves triggers a checkpoint of the current step fir
     for (const w of ws) w.reduced();
     assert.equal(c.step, 2);
     assert.equal(c.phase.kind, 'checkpointing', 'the leaver is still there: checkpoint first');
-    for (const w of ws) w.report('CHECKPOINTED', w.last().checkpoint!.epoch, 2);
+    for (const w of ws) w.report('CHECKPOINTED', w.last().checkpoint!.epoch, 2, { checkpointObjectsJson: objectsJson(2, `optimizer-rank-${ws.indexOf(w)}.bin`) });
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(committed, [2]);
     assert.ok(ws[2]!.last().stop);
@@ -261,6 +270,190 @@ test('a leaver that takes the job below its minimum gets a checkpoint of the cur
     assert.deepEqual(committed, [1]);
     assert.equal(c.phase.kind, 'waiting-for-workers');
     assert.ok(b.last().stop);
+  } finally {
+    c.close();
+  }
+});
+
+/** A committer that records what it commits (with the objects). */
+function recordingStore(): CheckpointCommitter & { committed: { step: number; names: string[] }[] } {
+  const committed: { step: number; names: string[] }[] = [];
+  return {
+    committed,
+    latestStep: async () => committed.at(-1)?.step ?? null,
+    commit: async (step, _world, objects) => void committed.push({ step, names: objects.map((o) => o.name) }),
+  };
+}
+
+/** Runs the step in flight on every worker (REDUCED), which commits it and starts the next. */
+function step(...ws: FakeWorker[]): void {
+  for (const w of ws) w.reduced();
+}
+
+test('asynchronous checkpoints: steps go on while ranks upload; the manifest is committed when every rank reported; at most one save in flight', async () => {
+  const store = recordingStore();
+  const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 1, totalSteps: 10, zeroStage: 1 }));
+  try {
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    step(a, b); // step 0 committed: checkpoint 1 due
+    assert.ok(a.commands.at(-2)!.checkpoint, 'checkpoint command first');
+    assert.equal(a.last().step!.step, 1, 'then step 1 at once');
+    const ck = a.commands.at(-2)!.checkpoint!;
+    a.report('CHECKPOINTED', ck.epoch, 1, { checkpointObjectsJson: objectsJson(1, 'params.bin', 'optimizer-rank-0.bin') });
+    step(a, b); // step 1 committed: checkpoint 2 is due, but b still uploads checkpoint 1
+    assert.equal(c.phase.kind, 'checkpointing', 'waits for the save in flight');
+    assert.equal(c.step, 2);
+    assert.deepEqual(store.committed, []);
+    b.report('CHECKPOINTED', ck.epoch, 1, { checkpointObjectsJson: objectsJson(1, 'optimizer-rank-1.bin') });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(store.committed, [{ step: 1, names: ['params.bin', 'optimizer-rank-0.bin', 'optimizer-rank-1.bin'] }]);
+    assert.equal(c.phase.kind, 'stepping', 'then checkpoint 2 starts and step 2 runs');
+    assert.equal(a.commands.at(-2)!.checkpoint!.step, 2);
+    assert.equal(c.history.length, 2);
+  } finally {
+    c.close();
+  }
+});
+
+test('a failed save commits nothing and training goes on; the next checkpoint step saves again', async () => {
+  const store = recordingStore();
+  const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, totalSteps: 10 }));
+  try {
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    step(a, b);
+    step(a, b);
+    const ck = a.commands.at(-2)!.checkpoint!;
+    assert.equal(ck.step, 2);
+    assert.equal(a.report('CHECKPOINT_FAILED', ck.epoch, 2, { error: 'checkpoint: disk full' }), true);
+    b.report('CHECKPOINTED', ck.epoch, 2, { checkpointObjectsJson: '[]' });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(store.committed.length, 0);
+    assert.equal(c.failedSaves, 1);
+    assert.equal(c.phase.kind, 'stepping');
+    step(a, b);
+    step(a, b);
+    const again = a.commands.at(-2)!.checkpoint!;
+    assert.equal(again.step, 4, 'saved again at the next checkpoint step');
+    a.report('CHECKPOINTED', again.epoch, 4, { checkpointObjectsJson: objectsJson(4, 'params.bin') });
+    b.report('CHECKPOINTED', again.epoch, 4, { checkpointObjectsJson: '[]' });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(store.committed.map((x) => x.step), [4]);
+  } finally {
+    c.close();
+  }
+});
+
+test('a member lost while its ring saves: that save is never committed, not even with the survivors\' objects', async () => {
+  const store = recordingStore();
+  const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, totalSteps: 10, minWorkers: 1, zeroStage: 1 }));
+  try {
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    step(a, b);
+    step(a, b);
+    const ck = a.commands.at(-2)!.checkpoint!;
+    a.report('CHECKPOINTED', ck.epoch, 2, { checkpointObjectsJson: objectsJson(2, 'params.bin', 'optimizer-rank-0.bin') });
+    c.detach(b.id, 'killed');
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(store.committed, []);
+    assert.equal(c.failedSaves, 1);
+    // the survivor re-forms alone (ZeRO-1: from the initialization, nothing was committed)
+    const r = a.last().reconfigure!;
+    assert.deepEqual([r.peers.length, r.restoreStep], [1, -2]);
+  } finally {
+    c.close();
+  }
+});
+
+test('a stop while a save uploads: that save commits, then the final one, then the workers stop', async () => {
+  const store = recordingStore();
+  const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, checkpointAtEnd: true, totalSteps: 10 }));
+  try {
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    step(a, b);
+    step(a, b);
+    const ck = a.commands.at(-2)!.checkpoint!;
+    c.requestStop('SIGINT');
+    step(a, b); // step 2 ends; the job stops at this boundary once checkpoint 2 is in and 3 is written
+    assert.equal(c.phase.kind, 'checkpointing');
+    assert.ok(!a.last().stop);
+    a.report('CHECKPOINTED', ck.epoch, 2, { checkpointObjectsJson: objectsJson(2, 'params.bin') });
+    b.report('CHECKPOINTED', ck.epoch, 2, { checkpointObjectsJson: '[]' });
+    await new Promise((r) => setImmediate(r));
+    const final = a.last().checkpoint!;
+    assert.equal(final.step, 3, 'the final checkpoint');
+    a.report('CHECKPOINTED', final.epoch, 3, { checkpointObjectsJson: objectsJson(3, 'params.bin') });
+    b.report('CHECKPOINTED', final.epoch, 3, { checkpointObjectsJson: '[]' });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(store.committed.map((x) => x.step), [2, 3]);
+    assert.ok(a.last().stop && b.last().stop);
+    assert.equal((await c.done).step, 3);
+  } finally {
+    c.close();
+  }
+});
+
+test('refused: a checkpoint report whose objects fail their schema (the save is dropped), a join with a bad collective address', async () => {
+  const store = recordingStore();
+  const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 1, totalSteps: 10 }));
+  try {
+    for (const bad of ['nohost', 'host:0', 'host:70000', 'a b:1', 'http://x:1', '-x:1', ''])
+      assert.throws(
+        () => c.join({ jobId: 'job', configHash: 'h', workerName: 'x', collectiveAddress: bad, paramCount: 10 }),
+        (e: unknown) => e instanceof PartiError && e.code === 'refused' && /collectiveAddress: must be host:port/.test(e.message),
+        bad,
+      );
+    for (const good of ['10.0.0.7:7000', '[::1]:5', 'parti-worker-0.parti-workers.default.svc:7000']) c.join({ jobId: 'job', configHash: 'h', workerName: 'x', collectiveAddress: good, paramCount: 10 });
+    for (const m of [...c.members.keys()]) c.detach(m, 'test');
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    step(a, b);
+    const ck = a.commands.at(-2)!.checkpoint!;
+    const badLists = ['{not json', JSON.stringify([{ name: 'params.bin', key: objectKey(1, 'params.bin'), size: -1, sha256: 'a'.repeat(64) }])];
+    assert.throws(() => a.report('CHECKPOINTED', ck.epoch, 1, { checkpointObjectsJson: badLists[0] }), (e: unknown) => e instanceof PartiError && e.code === 'refused' && /not JSON/.test(e.message));
+    assert.equal(c.failedSaves, 1);
+    assert.equal(b.report('CHECKPOINTED', ck.epoch, 1, { checkpointObjectsJson: '[]' }), false, 'a report of the dropped save');
+    step(a, b);
+    const next = a.commands.at(-2)!.checkpoint!;
+    assert.throws(() => a.report('CHECKPOINTED', next.epoch, 2, { checkpointObjectsJson: badLists[1] }), /\[0\]\.size/);
+    const wrongKey = JSON.stringify([{ name: 'params.bin', key: objectKey(1, 'params.bin'), size: 1, sha256: 'a'.repeat(64) }]);
+    b.report('CHECKPOINTED', next.epoch, 2, { checkpointObjectsJson: '[]' });
+    step(a, b);
+    const third = a.commands.at(-2)!.checkpoint!;
+    assert.throws(() => a.report('CHECKPOINTED', third.epoch, 3, { checkpointObjectsJson: wrongKey }), /expected steps\//);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(store.committed, []);
+  } finally {
+    c.close();
+  }
+});
+
+test('step summaries carry the skipped samples by reason (summed over ranks) and the all-reduce size', () => {
+  const c = new Coordinator(options());
+  try {
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    a.reduced({ skippedSamples: { 'bad-image': 1 }, allReduceBytes: 64 });
+    b.reduced({ skippedSamples: { 'bad-image': 2, 'not-a-tar': 1 }, allReduceBytes: 64 });
+    const s = c.history[0]!;
+    assert.deepEqual(s.skippedSamples, { 'bad-image': 3, 'not-a-tar': 1 });
+    assert.equal(s.allReduceBytes, 64);
+    assert.equal(s.allReduceOp, 'all-reduce');
   } finally {
     c.close();
   }

@@ -8,7 +8,9 @@
 import { randomUUID } from 'node:crypto';
 import { log as rootLog } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
+import { z } from 'zod';
 import { Ledger } from './ledger.ts';
+import { checkpointObjectSchema, objectKey } from '../storage/checkpoint-manifest.ts';
 import type { StepPlan } from './step-samples.ts';
 import type { Command, JoinReply, JoinRequest, StepReport } from './protocol.ts';
 
@@ -32,7 +34,10 @@ export interface CoordinatorOptions {
   heartbeatMs: number;
   /** A worker silent this long is declared dead (ms). */
   failureTimeoutMs: number;
-  /** A step, re-form or checkpoint that takes longer is aborted (ms). */
+  /**
+   * A step or re-form that takes longer is aborted (ms). A checkpoint save that takes longer is
+   * given up (reported, not committed); training goes on.
+   */
   stepDeadlineMs: number;
   /** ZeRO stage 1: optimizer state is sharded, so a lost member means restoring from a checkpoint. */
   zeroStage: 0 | 1;
@@ -82,15 +87,43 @@ interface Member {
   state: string;
 }
 
-/** Lifecycle of the job. `between-steps` is the only state where membership may change. */
+/**
+ * Lifecycle of the job. `between-steps` is the only state where membership may change.
+ * `checkpointing` waits at a step boundary for the checkpoint save in flight to end (committed or
+ * failed): before a change of the ring, before the job stops, and when the next checkpoint is due
+ * while the previous one still uploads (at most one save in flight). Periodic saves do not stop
+ * the steps: they run in the background (see CheckpointSave). Its `step` and `objects` are those
+ * of the save waited for (the current step and none when it waits for an older save to settle).
+ */
 export type CoordinatorPhase =
   | { kind: 'waiting-for-workers' }
   | { kind: 'between-steps' }
   | { kind: 'forming'; epoch: number; pending: Set<string>; startedAt: number }
   | { kind: 'stepping'; epoch: number; step: number; pending: Set<string>; reports: StepReport[]; startedAt: number }
-  | { kind: 'checkpointing'; epoch: number; step: number; pending: Set<string>; objects: CheckpointObject[]; startedAt: number }
+  | { kind: 'checkpointing'; epoch: number; step: number; startedAt: number; objects: CheckpointObject[] }
   | { kind: 'backoff'; until: number }
   | { kind: 'done'; reason: string };
+
+/**
+ * A checkpoint save in flight: every rank of the ring of `epoch` snapshots the state after `step`
+ * steps and uploads it in the background while the next steps run; the manifest is committed once
+ * all of them reported CHECKPOINTED. Objects of one save all come from one ring (one epoch): a
+ * save whose ring loses a member is dropped, never committed.
+ */
+export interface CheckpointSave {
+  step: number;
+  epoch: number;
+  /** The ring that saves it (rank order). */
+  ring: string[];
+  /** Ranks that have not reported their upload yet. */
+  pending: Set<string>;
+  objects: CheckpointObject[];
+  startedAt: number;
+  /** The manifest is being written: the save can no longer be dropped. */
+  committing: boolean;
+  /** Longest training-thread snapshot of a rank (ms). */
+  snapshotMs: number;
+}
 
 /** A committed step, for listeners (dashboard, tests, benchmarks). */
 export interface StepSummary {
@@ -101,7 +134,22 @@ export interface StepSummary {
   skipped: boolean;
   /** Slowest rank's compute, all-reduce and optimizer times (ms). */
   computeMs: number;
+  /** The slowest rank's all-reduce time of the gradient (ms), including waiting for its peers. */
   allReduceMs: number;
+  /**
+   * Bytes of the gradient buffer each rank all-reduced in this step: the nccl-tests `size` (4 x
+   * (parameters + 5 reduced statistics)). Bus bandwidth as nccl-tests defines it:
+   * busbw = allReduceBytes / allReduceMs x 2(N-1)/N for `allReduceOp` 'all-reduce', x (N-1)/N for
+   * 'reduce-scatter' (ZeRO stage 1). 0 when the ranks did not report it.
+   */
+  allReduceBytes: number;
+  /** The collective that reduced the gradient: 'all-reduce', or 'reduce-scatter' with ZeRO stage 1. */
+  allReduceOp: 'all-reduce' | 'reduce-scatter';
+  /**
+   * Samples the data readers skipped during this step (new skips, summed over the ranks), by
+   * reason (the reader's bad-sample policy: e.g. 'decode', 'truncated'); {} when none.
+   */
+  skippedSamples: Record<string, number>;
   optimizerMs: number;
   /** Wall time from sending the step to the last REDUCED report (ms). */
   stepMs: number;
@@ -119,6 +167,20 @@ export interface CoordinatorEvent {
   at: number;
   kind: 'join' | 'refused' | 'failure' | 'abort' | 'reform' | 'leave' | 'skipped-step' | 'checkpoint' | 'done' | 'waiting';
   message: string;
+  /**
+   * `checkpoint` events: the committed checkpoint (saves are asynchronous, so the coordinator's
+   * step and phase have usually moved on when it commits). A save that fails is logged and
+   * counted (`failedSaves`), not committed; the next checkpoint step saves again.
+   */
+  checkpoint?: {
+    step: number;
+    /** Bytes of its objects. */
+    bytes: number;
+    /** When the save started (ms since the epoch); the commit is the event's `at`. */
+    startedAt: number;
+    /** The slowest rank's training-thread snapshot (ms). */
+    snapshotMs: number;
+  };
 }
 
 export class Coordinator {
@@ -135,6 +197,16 @@ export class Coordinator {
   ring: string[] = [];
   readonly members = new Map<string, Member>();
   skippedSteps = 0;
+  /** The checkpoint save in flight (at most one), or null. */
+  checkpointSave: CheckpointSave | null = null;
+  /** Saves that failed (a rank's upload, a refused report, the manifest commit, a deadline). */
+  failedSaves = 0;
+  /**
+   * Members sent a Checkpoint command they have not answered yet: their upload may still run (also
+   * for a save that was dropped). A new save waits for them, so that two uploads never race for
+   * the same object key.
+   */
+  private readonly uploading = new Set<string>();
   /** Parameters of the model every worker must have (set by the first join). */
   private paramCount: number | null = null;
   /** Epochs aborted since the last committed step: past MAX_ABORTS the job fails instead of looping. */
@@ -197,8 +269,8 @@ export class Coordinator {
     return () => this.listeners.delete(fn);
   }
 
-  private event(kind: CoordinatorEvent['kind'], message: string, fields: Record<string, unknown> = {}): void {
-    const e = { at: Date.now(), kind, message };
+  private event(kind: CoordinatorEvent['kind'], message: string, fields: Record<string, unknown> = {}, checkpoint?: CoordinatorEvent['checkpoint']): void {
+    const e: CoordinatorEvent = { at: Date.now(), kind, message, ...(checkpoint ? { checkpoint } : {}) };
     this.events.push(e);
     if (this.events.length > 1000) this.events.shift();
     const level = kind === 'refused' || kind === 'failure' || kind === 'abort' ? 'warn' : 'info';
@@ -219,6 +291,13 @@ export class Coordinator {
       throw new PartiError('refused', why);
     }
     if (this.phase.kind === 'done') throw new PartiError('refused', `job ${this.opts.jobId} has finished`);
+    const fields = joinFieldsSchema.safeParse({ workerName: req.workerName, collectiveAddress: req.collectiveAddress, paramCount: req.paramCount });
+    if (!fields.success) {
+      const issue = fields.error.issues[0]!;
+      const why = `join ${issue.path.map(String).join('.')}: ${issue.message} (got ${JSON.stringify(String((req as unknown as Record<string, unknown>)[String(issue.path[0])]).slice(0, 80))})`;
+      this.event('refused', `refused worker ${JSON.stringify(String(req.workerName).slice(0, 80))}: ${why}`);
+      throw new PartiError('refused', why);
+    }
     if (this.paramCount !== null && req.paramCount !== this.paramCount) {
       const why = `its model has ${req.paramCount} parameters, this job's has ${this.paramCount}`;
       this.event('refused', `refused worker ${req.workerName}: ${why}`);
@@ -282,6 +361,7 @@ export class Coordinator {
     const m = this.members.get(r.workerId);
     if (!m) return false;
     m.lastHeartbeat = Date.now();
+    if (r.kind === 'CHECKPOINTED' || r.kind === 'CHECKPOINT_FAILED') return this.saveReport(m, r);
     const p = this.phase;
     if (r.kind === 'FAILED') {
       if ((p.kind === 'forming' || p.kind === 'stepping' || p.kind === 'checkpointing') && r.epoch === p.epoch) {
@@ -305,13 +385,41 @@ export class Coordinator {
       if (p.pending.size === 0) this.commitStep(p);
       return true;
     }
-    if (p.kind === 'checkpointing' && r.kind === 'CHECKPOINTED' && r.epoch === p.epoch && r.step === p.step) {
-      if (!p.pending.delete(r.workerId)) return false;
-      if (r.checkpointObjectsJson) p.objects.push(...(JSON.parse(r.checkpointObjectsJson) as CheckpointObject[]));
-      if (p.pending.size === 0) void this.commitCheckpoint(p);
-      return true;
-    }
     return r.kind === 'APPLIED';
+  }
+
+  /**
+   * A rank's upload of the save in flight ended (CHECKPOINTED with its objects, or
+   * CHECKPOINT_FAILED). Reports of another save (a dropped one, an older epoch) only tell that
+   * the rank's upload is over. Throws PartiError('refused') for an object list that fails its
+   * schema; that save is dropped.
+   */
+  private saveReport(m: Member, r: StepReport): boolean {
+    this.uploading.delete(m.id);
+    const s = this.checkpointSave;
+    let accepted = false;
+    let refusal: PartiError | null = null;
+    if (s && !s.committing && r.epoch === s.epoch && r.step === s.step && s.pending.has(m.id)) {
+      accepted = true;
+      s.pending.delete(m.id);
+      s.snapshotMs = Math.max(s.snapshotMs, r.snapshotMs ?? 0);
+      if (r.kind === 'CHECKPOINT_FAILED') {
+        this.dropSave(`worker ${m.name} could not save its part: ${r.error}`);
+      } else {
+        const objects = parseCheckpointObjects(r.checkpointObjectsJson, s.step);
+        if (typeof objects === 'string') {
+          refusal = new PartiError('refused', `checkpoint report of worker ${m.name} for step ${s.step}: ${objects}`);
+          this.event('refused', refusal.message, { worker: m.id });
+          this.dropSave(refusal.message);
+        } else {
+          s.objects.push(...objects);
+          if (s.pending.size === 0) void this.commitSave(s);
+        }
+      }
+    }
+    this.saveSettled();
+    if (refusal) throw refusal;
+    return accepted;
   }
 
   /** Asks the job to stop at the next step boundary (after a checkpoint). */
@@ -343,9 +451,16 @@ export class Coordinator {
     for (const m of [...this.members.values()]) {
       if (now - m.lastHeartbeat > this.opts.failureTimeoutMs) this.removeMember(m.id, `no heartbeat for ${now - m.lastHeartbeat} ms`);
     }
+    const s = this.checkpointSave;
+    if (s && !s.committing && now - s.startedAt > this.opts.stepDeadlineMs) {
+      this.dropSave(`not saved within the deadline of ${this.opts.stepDeadlineMs} ms (${s.pending.size} ranks still uploading)`);
+      this.saveSettled();
+    }
     const p = this.phase;
-    if ((p.kind === 'stepping' || p.kind === 'forming' || p.kind === 'checkpointing') && now - p.startedAt > this.opts.stepDeadlineMs) {
+    if ((p.kind === 'stepping' || p.kind === 'forming') && now - p.startedAt > this.opts.stepDeadlineMs) {
       this.abortEpoch(`${p.kind === 'stepping' ? `step ${p.step}` : p.kind} passed its deadline of ${this.opts.stepDeadlineMs} ms`);
+    } else if (p.kind === 'checkpointing' && now - p.startedAt > this.opts.stepDeadlineMs) {
+      this.stopWaitingForSave();
     } else if (p.kind === 'backoff' && now >= p.until) {
       this.phase = { kind: 'between-steps' };
       this.advance();
@@ -357,9 +472,16 @@ export class Coordinator {
     if (!m) return;
     this.members.delete(id);
     m.end?.();
+    this.uploading.delete(id);
+    // A save missing a rank can never be complete; one whose manifest is being written stands.
+    const save = this.checkpointSave;
+    if (save && !save.committing && save.ring.includes(id)) this.dropSave(`worker ${m.name} is gone`);
     const inRing = this.ring.includes(id);
     this.event('failure', `worker ${m.name} (${id}) is gone: ${why}`, { worker: id });
-    if (!inRing) return;
+    if (!inRing) {
+      this.saveSettled();
+      return;
+    }
     const p = this.phase;
     if (p.kind === 'forming' || p.kind === 'stepping' || p.kind === 'checkpointing') {
       this.abortEpoch(`worker ${m.name} is gone`, 0);
@@ -403,6 +525,12 @@ export class Coordinator {
     const need = this.started ? this.opts.minWorkers : this.opts.targetWorkers;
     const desired = alive.length >= need ? this.desiredRing(alive) : null;
     const changing = this.reformNeeded || desired === null || !sameRing(desired, this.ring);
+    if (changing && this.checkpointSave) {
+      // The save in flight ends first (committed or failed): a re-form may roll the step back or
+      // re-cut the optimizer shards, and a manifest mixes no epochs.
+      this.waitForSave();
+      return;
+    }
     if (changing && this.checkpointBeforeChange(desired === null)) return;
     if (desired === null) {
       if (p.kind !== 'waiting-for-workers') this.event('waiting', `waiting for workers: ${alive.length} alive, ${need} needed`);
@@ -416,8 +544,14 @@ export class Coordinator {
     }
     this.phase = { kind: 'between-steps' };
     if (this.checkpointDue()) {
-      this.startCheckpoint();
-      return;
+      // At most one save in flight: when the previous one still uploads, this boundary waits for it.
+      if (this.saveBusy()) {
+        this.waitForSave();
+        return;
+      }
+      // Asynchronous: every rank snapshots the state before it runs the step sent next, and
+      // uploads while it computes; the manifest is committed when all uploads have landed.
+      this.startSave();
     }
     this.startStep();
   }
@@ -434,7 +568,8 @@ export class Coordinator {
     if (!this.opts.checkpoints || this.reformNeeded || this.ring.length === 0) return false;
     if (this.lastCheckpointStep === this.step || this.failedCheckpointStep === this.step) return false;
     if (!this.ring.every((id) => this.members.get(id)?.send)) return false;
-    this.startCheckpoint();
+    if (!this.saveBusy()) this.startSave();
+    this.waitForSave();
     return true;
   }
 
@@ -502,6 +637,7 @@ export class Coordinator {
       if (m.leaving && !keep.includes(m.id)) {
         this.send(m.id, { stop: { reason: 'left at a step boundary' } });
         this.members.delete(m.id);
+        this.uploading.delete(m.id);
         this.ring = this.ring.filter((id) => id !== m.id);
       }
     }
@@ -531,6 +667,8 @@ export class Coordinator {
     for (const id of this.ring) this.send(id, { commit: { epoch: p.epoch, step: p.step } });
     const byRank = this.ring.map((id) => p.reports.find((r) => r.workerId === id)!);
     const max = (f: (r: StepReport) => number) => Math.max(...p.reports.map(f));
+    const skippedSamples: Record<string, number> = {};
+    for (const r of p.reports) for (const [reason, n] of Object.entries(r.skippedSamples ?? {})) skippedSamples[reason] = (skippedSamples[reason] ?? 0) + n;
     const summary: StepSummary = {
       step: p.step,
       epoch: p.epoch,
@@ -539,6 +677,9 @@ export class Coordinator {
       skipped,
       computeMs: max((r) => r.computeMs),
       allReduceMs: max((r) => r.allReduceMs),
+      allReduceBytes: max((r) => r.allReduceBytes ?? 0),
+      allReduceOp: this.opts.zeroStage === 1 ? 'reduce-scatter' : 'all-reduce',
+      skippedSamples,
       optimizerMs: max((r) => r.optimizerMs),
       stepMs: Date.now() - p.startedAt,
       samples: p.reports.reduce((n, r) => n + r.samples, 0),
@@ -564,26 +705,90 @@ export class Coordinator {
     return this.opts.checkpointEvery > 0 && this.step % this.opts.checkpointEvery === 0 && this.step > 0;
   }
 
-  private startCheckpoint(): void {
-    this.phase = { kind: 'checkpointing', epoch: this.epoch, step: this.step, pending: new Set(this.ring), objects: [], startedAt: Date.now() };
-    for (const id of this.ring) this.send(id, { checkpoint: { step: this.step, epoch: this.epoch } });
+  /** A save is in flight, or a rank still uploads one (a dropped save's upload ends first). */
+  private saveBusy(): boolean {
+    return this.checkpointSave !== null || this.uploading.size > 0;
   }
 
-  private async commitCheckpoint(p: Extract<CoordinatorPhase, { kind: 'checkpointing' }>): Promise<void> {
-    try {
-      await this.opts.checkpoints!.commit(p.step, this.ring.length, p.objects);
-      this.lastCheckpointStep = p.step;
-      this.event('checkpoint', `checkpoint of step ${p.step} committed (${p.objects.length} objects)`);
-    } catch (err) {
-      // never half-committed: the manifest is not there; the next checkpoint step tries again
-      this.log.error({ err: (err as Error).message, step: p.step }, 'checkpoint commit failed');
-    }
-    if (this.phase === p) {
+  /**
+   * Starts the save of the current step on every rank of the ring. The Checkpoint command comes
+   * before the next Step on each command stream, so every rank snapshots exactly this step.
+   */
+  private startSave(): void {
+    const save: CheckpointSave = {
+      step: this.step,
+      epoch: this.epoch,
+      ring: [...this.ring],
+      pending: new Set(this.ring),
+      objects: [],
+      startedAt: Date.now(),
+      committing: false,
+      snapshotMs: 0,
+    };
+    this.checkpointSave = save;
+    for (const id of this.ring) this.uploading.add(id);
+    for (const id of this.ring) this.send(id, { checkpoint: { step: save.step, epoch: save.epoch } });
+  }
+
+  /** Waits at this step boundary until no save is in flight (saveSettled goes on). */
+  private waitForSave(): void {
+    const s = this.checkpointSave;
+    this.phase = { kind: 'checkpointing', epoch: this.epoch, step: s?.step ?? this.step, startedAt: Date.now(), objects: s?.objects ?? [] };
+    this.saveSettled();
+  }
+
+  /** A save or an upload ended: a boundary that waited for it goes on. */
+  private saveSettled(): void {
+    if (this.phase.kind === 'checkpointing' && !this.saveBusy()) {
       this.phase = { kind: 'between-steps' };
-      // a failed commit must not loop: mark the step as attempted
-      if (this.lastCheckpointStep !== p.step) this.failedCheckpointStep = p.step;
       this.advance();
     }
+  }
+
+  /** The save in flight failed: nothing of it is committed; the next checkpoint step saves again. */
+  private dropSave(reason: string): void {
+    const s = this.checkpointSave;
+    if (!s || s.committing) return;
+    this.checkpointSave = null;
+    this.failedSaves += 1;
+    // a boundary that waited for this very save must not start it again in a loop
+    this.failedCheckpointStep = s.step;
+    this.log.warn({ step: s.step, epoch: s.epoch, reason, failedSaves: this.failedSaves }, 'checkpoint save failed; nothing of it is committed, the next checkpoint step saves again');
+  }
+
+  /** A boundary waited past its deadline: give up the save (and the uploads) it waited for. */
+  private stopWaitingForSave(): void {
+    const s = this.checkpointSave;
+    if (s?.committing) return; // the manifest is being written: the store's own deadlines end it
+    if (s) this.dropSave(`not saved within the deadline of ${this.opts.stepDeadlineMs} ms`);
+    if (this.uploading.size > 0) this.log.warn({ workers: [...this.uploading] }, 'no longer waiting for checkpoint uploads that passed the deadline');
+    this.uploading.clear();
+    this.failedCheckpointStep = this.step;
+    this.phase = { kind: 'between-steps' };
+    this.advance();
+  }
+
+  /** Every rank's objects have landed: writes the manifest (the commit point). */
+  private async commitSave(s: CheckpointSave): Promise<void> {
+    s.committing = true;
+    const bytes = s.objects.reduce((n, o) => n + o.size, 0);
+    try {
+      await this.opts.checkpoints!.commit(s.step, s.ring.length, s.objects);
+      this.lastCheckpointStep = s.step;
+      this.event(
+        'checkpoint',
+        `checkpoint of step ${s.step} committed (${s.objects.length} objects, ${bytes} bytes, ${Date.now() - s.startedAt} ms after it started; snapshot ${s.snapshotMs.toFixed(1)} ms)`,
+        {},
+        { step: s.step, bytes, startedAt: s.startedAt, snapshotMs: s.snapshotMs },
+      );
+    } catch (err) {
+      // never half-committed: the manifest is not there; the next checkpoint step tries again
+      this.failedSaves += 1;
+      this.failedCheckpointStep = s.step;
+      this.log.error({ err: (err as Error).message, step: s.step }, 'checkpoint commit failed; the next checkpoint step saves again');
+    }
+    if (this.checkpointSave === s) this.checkpointSave = null;
+    this.saveSettled();
   }
 
   private failedCheckpointStep: number | null = null;
@@ -591,11 +796,17 @@ export class Coordinator {
   failed: string | null = null;
 
   private finish(reason: string): void {
+    // The save in flight commits (or fails) before the job ends.
+    if (!this.failed && this.checkpointSave) {
+      this.waitForSave();
+      return;
+    }
     // A final checkpoint first, when there is a store and the ring is complete.
     if (!this.failed && this.opts.checkpoints && this.opts.checkpointAtEnd && this.lastCheckpointStep !== this.step && this.failedCheckpointStep !== this.step && this.ring.length > 0 && this.step > 0) {
       const alive = this.ring.every((id) => this.members.get(id)?.send);
       if (alive) {
-        this.startCheckpoint();
+        if (!this.saveBusy()) this.startSave();
+        this.waitForSave();
         return;
       }
     }
@@ -609,6 +820,44 @@ export class Coordinator {
 
 /** Aborted epochs in a row (no step committed in between) after which the job gives up. */
 const MAX_ABORTS = 50;
+
+/** host:port (a host name, IPv4 or [IPv6] address; port 1-65535), or `mem://N` of the in-process transport (tests). */
+function isCollectiveAddress(a: string): boolean {
+  if (/^mem:\/\/\d{1,9}$/.test(a)) return true;
+  const m = /^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):(\d{1,5})$/.exec(a);
+  return m !== null && Number(m[2]) >= 1 && Number(m[2]) <= 65535;
+}
+
+/** What a joining worker says about itself (job id and config hash are checked first). */
+const joinFieldsSchema = z.object({
+  workerName: z.string().max(256, 'at most 256 characters'),
+  collectiveAddress: z.string().max(300, 'at most 300 characters').refine(isCollectiveAddress, 'must be host:port (a host name, an IPv4 or [IPv6] address, port 1-65535)'),
+  paramCount: z.number().int().min(1, 'must be a positive integer').max(Number.MAX_SAFE_INTEGER),
+});
+
+/** The objects a rank reports for a checkpoint (checkpointObjectsJson); at most this many per rank. */
+const checkpointObjectsSchema = z.array(checkpointObjectSchema).max(10_000, 'at most 10000 objects');
+
+/** Parses and validates a rank's object list; returns the objects or what is wrong with them. */
+export function parseCheckpointObjects(json: string, step: number): CheckpointObject[] | string {
+  if (json === '') return [];
+  let raw: unknown;
+  try {
+    raw = JSON.parse(json);
+  } catch (err) {
+    return `checkpointObjectsJson is not JSON (${(err as Error).message})`;
+  }
+  const parsed = checkpointObjectsSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const where = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('');
+    return `checkpointObjectsJson${where}: ${issue.message}`;
+  }
+  for (const o of parsed.data) {
+    if (o.key !== objectKey(step, o.name)) return `checkpointObjectsJson: object ${o.name} has key ${JSON.stringify(o.key)}, expected ${objectKey(step, o.name)}`;
+  }
+  return parsed.data;
+}
 
 function sameRing(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);

@@ -84,7 +84,7 @@ export interface Command {
   checkpoint?: CheckpointCommand;
   stop?: StopCommand;
 }
-export type ReportKind = 'READY' | 'REDUCED' | 'APPLIED' | 'CHECKPOINTED' | 'FAILED';
+export type ReportKind = 'READY' | 'REDUCED' | 'APPLIED' | 'CHECKPOINTED' | 'FAILED' | 'CHECKPOINT_FAILED';
 export interface StepReport {
   jobId: string;
   workerId: string;
@@ -103,6 +103,15 @@ export interface StepReport {
   checkpointObjectsJson: string;
   learningRate: number;
   tokens: number;
+  /**
+   * REDUCED: bytes of the buffer this rank all-reduced for the gradient (the nccl-tests `size`:
+   * 4 x (gradient floats + reduced statistics)); with ZeRO stage 1, the reduce-scatter's input.
+   */
+  allReduceBytes: number;
+  /** REDUCED: samples this rank's reader skipped during the step (bad samples), by reason. */
+  skippedSamples: Record<string, number>;
+  /** CHECKPOINTED / CHECKPOINT_FAILED: training-thread time of the host-memory snapshot (ms). */
+  snapshotMs: number;
 }
 export interface ReportAck {
   accepted: boolean;

@@ -4,9 +4,12 @@
  * `optimizer-rank-R.bin` (float32, slot-major) with `optimizer-rank-R.json` (its range, slots and
  * update count). Loading cuts any range out of the shards that were written, so a job can resume
  * with another world size or another ZeRO stage.
+ *
+ * Saving is asynchronous: the objects are hashed and uploaded by a CheckpointWriter (its upload
+ * thread by default) while the worker trains on; save() resolves when they have landed.
  */
 import { loadCheckpoint } from '../storage/checkpoint-load.ts';
-import { writeCheckpointObject } from '../storage/checkpoint-commit.ts';
+import { CheckpointWriter, type SnapshotObject } from '../storage/checkpoint-writer.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { PartiError } from '../errors.ts';
 import type { SavedObject, WorkerStateStore } from './worker-runtime.ts';
@@ -25,20 +28,61 @@ function floats(buf: Buffer): Float32Array {
   return new Float32Array(copy.buffer);
 }
 
+/** Options of CheckpointShards. */
+export interface CheckpointShardsOptions {
+  /**
+   * Uploads the objects; default: a CheckpointWriter on the store's URL with its upload thread,
+   * without transferring the arrays (the worker reuses its snapshot buffer).
+   */
+  writer?: CheckpointWriter;
+}
+
 export class CheckpointShards implements WorkerStateStore {
+  private writer: CheckpointWriter | null;
+
   constructor(
     private readonly store: ObjectStore,
     private readonly configHash: string,
-  ) {}
+    options: CheckpointShardsOptions = {},
+  ) {
+    this.writer = options.writer ?? null;
+  }
 
-  async save(s: Parameters<WorkerStateStore['save']>[0]): Promise<SavedObject[]> {
-    const out: SavedObject[] = [];
-    if (s.params) out.push(await writeCheckpointObject(this.store, s.step, 'params.bin', s.params));
+  private uploads(): CheckpointWriter {
+    this.writer ??= new CheckpointWriter({ url: this.store.url, transfer: false });
+    return this.writer;
+  }
+
+  /**
+   * Hands this rank's objects to the upload (synchronously: the arrays are the snapshot and must
+   * not change until the promise settles) and resolves with their manifest entries once all have
+   * landed. One save at a time: a second one while the first uploads is refused.
+   */
+  save(s: Parameters<WorkerStateStore['save']>[0]): Promise<SavedObject[]> {
+    const objects: SnapshotObject[] = [];
+    if (s.params) objects.push({ name: 'params.bin', bytes: s.params });
     const { start, end, slots, updates, state } = s.optimizer;
     const header: ShardHeader = { start, end, slots, updates };
-    out.push(await writeCheckpointObject(this.store, s.step, `optimizer-rank-${s.rank}.json`, Buffer.from(JSON.stringify(header))));
-    out.push(await writeCheckpointObject(this.store, s.step, `optimizer-rank-${s.rank}.bin`, state));
-    return out.map(({ key, size, sha256, name }) => ({ key, size, sha256, name }) as SavedObject);
+    objects.push({ name: `optimizer-rank-${s.rank}.json`, bytes: Buffer.from(JSON.stringify(header)) });
+    objects.push({ name: `optimizer-rank-${s.rank}.bin`, bytes: state });
+    const writer = this.uploads();
+    const ticket = writer.save(s.step, objects);
+    if (!ticket) {
+      const busy = writer.state.state === 'saving' ? writer.state.step : '?';
+      return Promise.reject(new PartiError('checkpoint', `checkpoint ${s.step} in ${this.store.url}: the save of step ${busy} is still uploading`));
+    }
+    return ticket.done.then((refs) => refs.map(({ key, size, sha256, name }) => ({ key, size, sha256, name })));
+  }
+
+  /** Starts the upload thread now, so that the first checkpoint does not wait for it to load. */
+  async start(): Promise<void> {
+    await this.uploads().start();
+  }
+
+  /** Waits for the upload in flight, then stops the upload thread. */
+  async close(): Promise<void> {
+    await this.writer?.close();
+    this.writer = null;
   }
 
   async load(step: number, start: number, end: number): Promise<{ params: Float32Array; optimizer: OptimizerSnapshot }> {

@@ -70,9 +70,12 @@ class AdamShard implements OptimizerShard {
   }
   exportState(): OptimizerSnapshot {
     const state = new Float32Array(this.m.length * 2);
-    state.set(this.m, 0);
-    state.set(this.v, this.m.length);
-    return { updates: this.updates, state };
+    return { updates: this.exportStateInto(state), state };
+  }
+  exportStateInto(target: Float32Array): number {
+    target.set(this.m, 0);
+    target.set(this.v, this.m.length);
+    return this.updates;
   }
   importState(snapshot: OptimizerSnapshot): void {
     this.updates = snapshot.updates;

@@ -104,7 +104,10 @@ export class PartiWorkerModel implements Trainable {
     const idOf = new Map(batch.refs.map((r, i) => [`${r.epoch}/${r.shard}/${r.ordinal}`, batch.ids[i]!]));
     const read = await this.reader.read(batch.refs);
     const grads = new Float32Array(this.paramCount);
-    if (read.samples.length === 0) return { lossSum: 0, grads, samples: 0, tokens: 0 };
+    // bad samples the reader skipped (policy skip), by reason, for the step report
+    const skipped: Record<string, number> = {};
+    for (const s of read.skipped) skipped[s.reason] = (skipped[s.reason] ?? 0) + 1;
+    if (read.samples.length === 0) return { lossSum: 0, grads, samples: 0, tokens: 0, skipped };
     const ids = read.samples.map((s) => idOf.get(`${s.ref.epoch}/${s.ref.shard}/${s.ref.ordinal}`)!);
     const T = this.vq.tokens;
     const missing = ids.map((id, i) => [id, i] as const).filter(([id]) => !this.tokenCache.has(id));
@@ -119,7 +122,7 @@ export class PartiWorkerModel implements Trainable {
     ids.forEach((id, i) => imageTokens.set(this.tokenCache.get(id)!, i * T));
     const b = this.trainable.makeBatch(ids, read.samples.map((s) => s.caption), imageTokens);
     const r = this.trainable.computeGradients(this.flat, b, { step: ctx.step, seed: ctx.seed });
-    return { lossSum: r.loss, grads: r.grads, samples: r.samples, tokens: r.tokens };
+    return { lossSum: r.loss, grads: r.grads, samples: r.samples, tokens: r.tokens, skipped };
   }
 
   createOptimizer(start: number, end: number): OptimizerShard {

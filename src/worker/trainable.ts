@@ -15,6 +15,8 @@ export interface GradientResult {
   samples: number;
   /** Tokens that contributed (for throughput), 0 when not meaningful. */
   tokens: number;
+  /** Samples the data reader skipped (bad samples, not in the sums), by reason; absent: none. */
+  skipped?: Record<string, number>;
 }
 
 /** Samples to compute: refs of the epoch plan and their indices in the data set. */
@@ -58,6 +60,12 @@ export interface OptimizerShard {
    * so that any range of it can be cut out (checkpoints, handing it to a joining peer).
    */
   exportState(): OptimizerSnapshot;
+  /**
+   * Optional: writes what exportState would return into `target` (`slots * (end - start)` floats)
+   * without allocating, and returns the update count. A checkpoint snapshot uses it to copy the
+   * state into a host buffer it reuses; without it the runtime copies exportState()'s result.
+   */
+  exportStateInto?(target: Float32Array): number;
   /** Restores what exportState returned for the same range. */
   importState(snapshot: OptimizerSnapshot): void;
 }

@@ -41,7 +41,9 @@ export interface SavedObject {
 export interface WorkerStateStore {
   /**
    * Writes this rank's objects of the checkpoint of `step`: the parameters (rank 0 only) and the
-   * optimizer state of [start, end) (slot-major). Returns what it wrote, for the manifest.
+   * optimizer state of [start, end) (slot-major). Resolves with what it wrote, for the manifest,
+   * once every object has landed. The arrays are the snapshot: the caller leaves them unchanged
+   * until the promise settles (the upload may read them in the background).
    */
   save(snapshot: {
     step: number;
@@ -52,6 +54,10 @@ export interface WorkerStateStore {
   }): Promise<SavedObject[]>;
   /** Reads the parameters and the optimizer state of [start, end) of committed step `step`. */
   load(step: number, start: number, end: number): Promise<{ params: Float32Array; optimizer: OptimizerSnapshot }>;
+  /** Optional: gets ready to save (e.g. loads an upload thread) so that the first save does not wait. */
+  start?(): Promise<void>;
+  /** Optional: waits for the save in flight and releases what save() holds. */
+  close?(): Promise<void>;
 }
 
 /** Options of a worker, resolved once by the CLI. */
@@ -141,6 +147,15 @@ export class WorkerRuntime {
   private leaving = false;
   private applied = 0;
   private log = rootLog.child({ role: 'worker' });
+  /** Bytes of optimizer state of `optimizer` (for reports; its range is fixed, so computed once). */
+  private optimizerStateBytes = 0;
+  /** The upload of this worker's last checkpoint snapshot, until it ended and was reported. */
+  private saving: Promise<void> | null = null;
+  /**
+   * Host memory of checkpoint snapshots, allocated once and reused (at most one upload at a
+   * time). Shared memory: the upload thread reads it in place, nothing is copied to hand it over.
+   */
+  private snapshotBuffer: Float32Array | null = null;
 
   constructor(private readonly opts: WorkerOptions) {
     this.client = createCoordinatorClient(opts.coordinator, opts.maxMessageBytes, opts.security?.resolved);
@@ -153,6 +168,8 @@ export class WorkerRuntime {
   /** Runs until the coordinator says stop (or cannot be reached for reconnectMs). */
   async run(): Promise<WorkerExit> {
     this.startHeartbeatThread(); // loads while the model is built
+    // the upload thread too, so that the first checkpoint does not wait for it
+    void this.opts.store?.start?.().catch((err: Error) => this.log.warn({ err: err.message }, 'cannot start the checkpoint upload thread (saves will try again)'));
     try {
       this.model = await this.opts.createModel();
       while (this.stopReason === null) {
@@ -163,6 +180,10 @@ export class WorkerRuntime {
         this.resetMembership();
       }
     } finally {
+      // A checkpoint still uploading (the final one of a stopped job is reported before the stop,
+      // so this is an interrupted job's) ends before the process does, within the step deadline.
+      await this.settleSave();
+      await this.opts.store?.close?.().catch((err: Error) => this.log.warn({ err: err.message }, 'checkpoint store close failed'));
       this.state = 'stopped';
       this.heartbeats?.postMessage({ type: 'stop' } satisfies HeartbeatControl);
       this.heartbeats = null;
@@ -318,9 +339,10 @@ export class WorkerRuntime {
     if (cmd.abort) {
       if (cmd.abort.epoch >= this.epoch) {
         this.abortedEpoch = Math.max(this.abortedEpoch, cmd.abort.epoch);
-        // Steps and checkpoints of the epoch are dropped; a queued commit is a decision already
-        // taken (every rank reduced that step) and still applies.
-        this.queue = this.queue.filter((c) => !c.step && !c.checkpoint);
+        // Steps of the epoch are dropped; a queued commit is a decision already taken (every rank
+        // reduced that step) and still applies; a queued checkpoint still snapshots its step (the
+        // state does not depend on the epoch) and is answered, as the coordinator counts on.
+        this.queue = this.queue.filter((c) => !c.step);
         this.opts.collective.abort(cmd.abort.reason);
         this.log.info({ epoch: cmd.abort.epoch, reason: cmd.abort.reason }, 'epoch aborted');
       }
@@ -356,12 +378,12 @@ export class WorkerRuntime {
         await this.reconfigure(cmd.reconfigure);
       } else if (cmd.commit) {
         await this.commit(cmd.commit.epoch, cmd.commit.step);
+      } else if (cmd.checkpoint) {
+        await this.checkpoint(cmd.checkpoint.epoch, cmd.checkpoint.step);
       } else if (epoch <= this.abortedEpoch) {
-        return; // a step or checkpoint of an aborted epoch that was already queued
+        return; // a step of an aborted epoch that was already queued
       } else if (cmd.step) {
         await this.runStep(cmd.step);
-      } else if (cmd.checkpoint) {
-        await this.checkpoint(cmd.checkpoint.step);
       }
     } catch (err) {
       const e = PartiError.from(err);
@@ -382,14 +404,17 @@ export class WorkerRuntime {
       allReduceMs: 0,
       optimizerMs: 0,
       samples: 0,
-      optimizerStateBytes: this.optimizer?.stateBytes() ?? 0,
+      optimizerStateBytes: this.optimizerStateBytes,
       gradNorm: 0,
       error: '',
       checkpointObjectsJson: '',
       learningRate: 0,
       tokens: 0,
+      allReduceBytes: 0,
+      skippedSamples: {},
+      snapshotMs: 0,
       ...r,
-    });
+    } satisfies Omit<StepReport, 'kind' | 'epoch' | 'step'> & Pick<StepReport, 'kind' | 'epoch' | 'step'>);
   }
 
   private callOpts() {
@@ -456,6 +481,8 @@ export class WorkerRuntime {
       }
       this.pristine = false;
     }
+    // Reports carry it: computed once per optimizer (a model's stateBytes may copy its state).
+    this.optimizerStateBytes = this.optimizer!.stateBytes();
     this.version = c.step;
     this.state = 'idle';
     this.log.info({ epoch: c.epoch, rank: c.rank, world: c.peers.length, step: c.step, sync: c.syncFromRank, restore: c.restoreStep }, 'reconfigured');
@@ -476,6 +503,7 @@ export class WorkerRuntime {
     let lossSum = 0;
     let samples = 0;
     let tokens = 0;
+    const skippedSamples: Record<string, number> = {};
     const micro = Math.max(1, s.microBatch);
     for (let i = 0; i < s.refs.length; i += micro) {
       const g = await this.model.computeGradients({ refs: s.refs.slice(i, i + micro), ids: s.ids.slice(i, i + micro) }, ctx);
@@ -484,6 +512,7 @@ export class WorkerRuntime {
       lossSum += g.lossSum;
       samples += g.samples;
       tokens += g.tokens;
+      for (const [reason, n] of Object.entries(g.skipped ?? {})) skippedSamples[reason] = (skippedSamples[reason] ?? 0) + n;
       if (s.epoch <= this.abortedEpoch) throw new PartiError('collective-aborted', `epoch ${s.epoch} aborted`);
     }
     const t1 = performance.now();
@@ -491,7 +520,9 @@ export class WorkerRuntime {
     let localNonFinite = Number.isFinite(lossSum) ? 0 : 1;
     let grad: Float32Array;
     let stats: Float32Array;
+    let allReduceBytes: number;
     if (this.opts.zeroStage === 1) {
+      allReduceBytes = sum.byteLength;
       const part = await this.opts.collective.reduceScatter(sum, { ...this.callOpts(), op: 'sum' });
       if (part.start !== start || part.end !== end) throw new PartiError('internal', `reduce-scatter gave [${part.start}, ${part.end}), the optimizer owns [${start}, ${end})`);
       grad = part.chunk;
@@ -507,6 +538,7 @@ export class WorkerRuntime {
       buf[p + 1] = localNonFinite;
       buf[p + 3] = samples;
       buf[p + 4] = tokens;
+      allReduceBytes = buf.byteLength;
       await this.opts.collective.allReduce(buf, { ...this.callOpts(), op: 'sum', inPlace: true });
       grad = buf.subarray(0, p);
       let sq = 0;
@@ -537,6 +569,8 @@ export class WorkerRuntime {
       samples,
       tokens,
       gradNorm: norm,
+      allReduceBytes,
+      skippedSamples,
     });
   }
 
@@ -565,22 +599,82 @@ export class WorkerRuntime {
     void this.report({ kind: 'APPLIED', epoch, step, optimizerMs: performance.now() - t0, learningRate: lr, nonFinite: pending.nonFinite }).catch(() => {});
   }
 
-  private async checkpoint(step: number): Promise<void> {
-    if (step !== this.version) throw new PartiError('illegal-state', `checkpoint of step ${step} but the parameters are at step ${this.version}`);
-    if (!this.opts.store) throw new PartiError('illegal-state', 'asked to checkpoint but this worker has no checkpoint store');
-    this.state = 'checkpointing';
-    const opt = this.optimizer!;
-    // Without sharding every rank holds the same state: rank 0 writes it all.
-    const writes = this.opts.zeroStage === 1 || this.rank === 0;
-    const objects = !writes ? [] : await this.opts.store.save({
-      step,
-      rank: this.rank,
-      worldSize: this.worldSize,
-      params: this.rank === 0 ? this.model.params().slice() : null,
-      optimizer: { start: opt.start, end: opt.end, slots: opt.slots, ...opt.exportState() },
-    });
-    this.state = 'idle';
-    await this.report({ kind: 'CHECKPOINTED', epoch: this.epoch, step, checkpointObjectsJson: JSON.stringify(objects) });
+  /**
+   * Asynchronous checkpoint of the state after `step` steps: copies the parameters (rank 0) and
+   * this rank's optimizer state into the reused host buffer (the only time the training thread
+   * spends on it), hands them to the store's upload and returns, so that the next command (the
+   * next step) runs at once. The state cannot change under the copy: only commit() changes it, and
+   * commands run one at a time. The upload's end is reported as CHECKPOINTED (with the objects)
+   * or CHECKPOINT_FAILED; every Checkpoint command gets exactly one of them.
+   */
+  private async checkpoint(epoch: number, step: number): Promise<void> {
+    // One upload at a time: the snapshot buffer is reused, and two uploads must not race for a key.
+    // The coordinator never asks for overlapping saves, except a restarted one.
+    if (this.saving) await this.saving;
+    const t0 = performance.now();
+    let done: Promise<SavedObject[]>;
+    try {
+      if (step !== this.version) throw new PartiError('illegal-state', `checkpoint of step ${step} but the parameters are at step ${this.version}`);
+      if (!this.opts.store) throw new PartiError('illegal-state', 'asked to checkpoint but this worker has no checkpoint store');
+      if (!this.optimizer) throw new PartiError('illegal-state', `checkpoint of step ${step} before this worker joined a ring`);
+      this.state = 'checkpointing';
+      const opt = this.optimizer;
+      // Without sharding every rank holds the same state: rank 0 writes it all.
+      if (this.opts.zeroStage !== 1 && this.rank !== 0) {
+        done = Promise.resolve([]);
+      } else {
+        const withParams = this.rank === 0;
+        const p = withParams ? this.model.paramCount : 0;
+        const area = this.snapshotArea(p + opt.slots * (opt.end - opt.start));
+        const params = withParams ? area.subarray(0, p) : null;
+        params?.set(this.model.params());
+        const state = area.subarray(p);
+        let updates: number;
+        if (opt.exportStateInto) {
+          updates = opt.exportStateInto(state);
+        } else {
+          const snap = opt.exportState();
+          state.set(snap.state);
+          updates = snap.updates;
+        }
+        done = this.opts.store.save({ step, rank: this.rank, worldSize: this.worldSize, params, optimizer: { start: opt.start, end: opt.end, slots: opt.slots, updates, state } });
+      }
+    } catch (err) {
+      done = Promise.reject(err);
+    } finally {
+      this.state = 'idle';
+    }
+    const snapshotMs = performance.now() - t0;
+    const saving: Promise<void> = done
+      .then(
+        (objects) => this.report({ kind: 'CHECKPOINTED', epoch, step, snapshotMs, checkpointObjectsJson: JSON.stringify(objects) }),
+        (err: unknown) => {
+          const e = PartiError.from(err, 'checkpoint');
+          this.log.warn({ step, err: e.message }, 'checkpoint save failed; training goes on, the next checkpoint step saves again');
+          return this.report({ kind: 'CHECKPOINT_FAILED', epoch, step, snapshotMs, error: `${e.code}: ${e.message}` });
+        },
+      )
+      .catch((err: Error) => this.log.warn({ step, err: err.message }, 'cannot report the end of a checkpoint upload'))
+      .finally(() => {
+        if (this.saving === saving) this.saving = null;
+      });
+    this.saving = saving;
+  }
+
+  /** The reused snapshot buffer, of exactly `floats` floats. */
+  private snapshotArea(floats: number): Float32Array {
+    if (this.snapshotBuffer?.length !== floats) this.snapshotBuffer = new Float32Array(new SharedArrayBuffer(floats * 4));
+    return this.snapshotBuffer;
+  }
+
+  /** Waits for the checkpoint upload in flight to end and be reported (at most the step deadline). */
+  private async settleSave(): Promise<void> {
+    const saving = this.saving;
+    if (!saving) return;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), this.opts.stepDeadlineMs)));
+    if ((await Promise.race([saving, late])) === 'late') this.log.warn({ ms: this.opts.stepDeadlineMs }, 'a checkpoint upload did not end within the step deadline; stopping without it');
+    clearTimeout(timer);
   }
 
   /** The parameters (for tests and the final sample image). */
