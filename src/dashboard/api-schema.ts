@@ -109,7 +109,13 @@ export const stepRecordSchema = z.strictObject({
   gradNorm: z.number().min(0).optional(),
   /** Time in the all-reduce (slowest rank), milliseconds. */
   allReduceMs: z.number().min(0).optional(),
-  /** All-reduce bus bandwidth, bytes per second. */
+  /** Bytes of the gradient buffer each rank all-reduced (the nccl-tests `size`). */
+  allReduceBytes: z.number().int().min(0).optional(),
+  /**
+   * All-reduce bus bandwidth, bytes per second, as nccl-tests defines it: algbw = allReduceBytes /
+   * allReduceMs, busbw = algbw x 2(N-1)/N (x (N-1)/N when ZeRO stage 1 reduce-scatters instead).
+   * Absent with one worker (nothing crosses a link) or when the ranks did not report the bytes.
+   */
   busBwBytesPerSec: z.number().min(0).optional(),
   worldSize: z.number().int().min(1),
   /** True when the update was skipped on all ranks (a non-finite gradient). */

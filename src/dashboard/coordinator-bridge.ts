@@ -70,12 +70,39 @@ const eventKinds: Record<CoordinatorEvent['kind'], EventKind | null> = {
 };
 
 /**
+ * What the runtime adds to StepSummary (src/coordinator/coordinator.ts): read where present, so the
+ * bridge works with coordinators that report them and with those that do not yet.
+ */
+type StepSummaryExtras = Partial<{
+  /** Bytes of the gradient buffer each rank all-reduced. */
+  allReduceBytes: number;
+  /** 'all-reduce', or 'reduce-scatter' with ZeRO stage 1. */
+  allReduceOp: string;
+  /** New skipped samples during the step, by reason. */
+  skippedSamples: Record<string, number>;
+}>;
+
+/**
+ * Bus bandwidth of a collective, bytes per second, as nccl-tests defines it: algbw = bytes / time;
+ * all-reduce busbw = algbw x 2(N-1)/N, reduce-scatter (and all-gather) busbw = algbw x (N-1)/N.
+ * Undefined with one rank (nothing crosses a link), no bytes or no time.
+ */
+export function busBandwidth(bytes: number, ms: number, worldSize: number, op = 'all-reduce'): number | undefined {
+  if (!(bytes > 0) || !(ms > 0) || !(worldSize > 1)) return undefined;
+  const algbw = bytes / (ms / 1000);
+  const factor = op === 'reduce-scatter' || op === 'all-gather' ? (worldSize - 1) / worldSize : (2 * (worldSize - 1)) / worldSize;
+  return algbw * factor;
+}
+
+/**
  * A step summary as a history record (rates over the step's wall time). The summary's `step` is
  * the index of the step it committed (0-based); the dashboard counts completed steps, like the
  * coordinator's `step` field and checkpoint steps, so index i is step i + 1.
  */
-export function stepRecordOf(s: StepSummary): StepRecord {
+export function stepRecordOf(s: StepSummary & StepSummaryExtras): StepRecord {
   const seconds = Math.max(s.stepMs, 1e-3) / 1000;
+  const bytes = s.allReduceBytes;
+  const busBw = bytes !== undefined ? busBandwidth(bytes, s.allReduceMs, s.worldSize, s.allReduceOp) : undefined;
   return {
     step: s.step + 1,
     time: s.committedAt,
@@ -86,6 +113,8 @@ export function stepRecordOf(s: StepSummary): StepRecord {
     lr: s.learningRate,
     ...(Number.isFinite(s.gradNorm) ? { gradNorm: s.gradNorm } : {}),
     allReduceMs: s.allReduceMs,
+    ...(bytes !== undefined && bytes > 0 ? { allReduceBytes: Math.round(bytes) } : {}),
+    ...(busBw !== undefined ? { busBwBytesPerSec: busBw } : {}),
     worldSize: s.worldSize,
     ...(s.skipped ? { skipped: true } : {}),
   };
@@ -165,6 +194,8 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
         }
       }
       store.recordStep(stepRecordOf(e.step));
+      const skipped = (e.step as StepSummary & StepSummaryExtras).skippedSamples;
+      if (skipped && Object.keys(skipped).length > 0) store.recordSkippedSampleCounts(skipped, e.step.step + 1);
       sync();
       return;
     }

@@ -365,6 +365,35 @@ export class RunStateStore implements RunStateView {
     this.#emit({ type: 'job', job: this.job() });
   }
 
+  /**
+   * Counts samples skipped during a step, by reason (the step reports' sums: no shard or key), and
+   * logs one event for the step. Reasons come from the workers: they are made metric-label safe
+   * (lowercase slugs) instead of refused; counts that are not positive integers are ignored.
+   */
+  recordSkippedSampleCounts(counts: Readonly<Record<string, number>>, step?: number): void {
+    const parts: string[] = [];
+    let total = 0;
+    const detail: Record<string, number> = {};
+    for (const [raw, n] of Object.entries(counts)) {
+      if (!Number.isSafeInteger(n) || n <= 0) continue;
+      const reason = reasonSlug(raw);
+      this.#skippedSamples.set(reason, (this.#skippedSamples.get(reason) ?? 0) + n);
+      this.#metrics?.skippedSamplesTotal.inc({ reason }, n);
+      detail[reason] = (detail[reason] ?? 0) + n;
+      total += n;
+    }
+    if (total === 0) return;
+    for (const [reason, n] of Object.entries(detail)) parts.push(`${n} ${reason}`);
+    this.#job = { ...this.#job, skippedSamples: this.#job.skippedSamples + total, updatedAt: this.#now() };
+    this.recordEvent({
+      kind: 'skipped-sample',
+      message: `${total} sample${total === 1 ? '' : 's'} skipped${step !== undefined ? ` in step ${step}` : ''}: ${parts.join(', ')}`,
+      detail,
+      ...(step !== undefined ? { step } : {}),
+    });
+    this.#emit({ type: 'job', job: this.job() });
+  }
+
   /** Adds a committed checkpoint (and its save time to the metrics). */
   addCheckpoint(checkpoint: CheckpointInfo): void {
     this.#checkpoints.push({ ...checkpoint });
@@ -442,6 +471,16 @@ export class RunStateStore implements RunStateView {
       }
     }
   }
+}
+
+/** A reason as a metric label: `Truncated Shard!` -> `truncated-shard`; `other` when nothing is left. */
+function reasonSlug(raw: string): string {
+  const slug = raw
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 48);
+  return slug || 'other';
 }
 
 /** 0.049 -> `49 ms`, 2.54 -> `2.5 s`. */

@@ -6,8 +6,8 @@ import { ago, bytes, clock, dateTime, duration, num } from './format.js';
 const $ = (id) => document.getElementById(id);
 // Chart id -> the history series it draws. Throughput is tokens/s, or samples/s for a model that
 // counts no tokens (the orchestration's linear test model).
-const chartSeries = { loss: 'loss', throughput: 'tokensPerSec', lr: 'lr' };
-const historySeries = ['loss', 'tokensPerSec', 'samplesPerSec', 'lr'];
+const chartSeries = { loss: 'loss', throughput: 'tokensPerSec', lr: 'lr', busbw: 'busBwBytesPerSec' };
+const historySeries = ['loss', 'tokensPerSec', 'samplesPerSec', 'lr', 'busBwBytesPerSec'];
 
 const state = {
   job: null,
@@ -201,6 +201,8 @@ async function loadHistory() {
     const d = h.series[series] ?? { step: [], value: [] };
     charts[chart].setHistory(h.points, d.step, d.value);
   }
+  // Bus bandwidth needs bytes crossing links: two workers or more that report what they reduced.
+  $('busbw-note').textContent = h.total > 0 && !(h.series.busBwBytesPerSec?.value.length > 0) ? '(none: one worker, or not reported)' : '';
 }
 function historyStale() {
   if (refetchTimer) return;
@@ -251,6 +253,7 @@ const apply = {
     }
     // A run that reports no tokens: switch the throughput chart to samples/s.
     if (chartSeries.throughput === 'tokensPerSec' && !(u.step.tokensPerSec > 0) && u.step.samplesPerSec > 0) historyStale();
+    if (u.step.busBwBytesPerSec > 0) $('busbw-note').textContent = '';
   },
   worker(u) {
     state.workers.set(u.worker.id, u.worker);

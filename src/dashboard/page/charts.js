@@ -4,9 +4,9 @@
 import uPlot from './vendor/uPlot.esm.js';
 import { num } from './format.js';
 
-const colors = { loss: '#3b5bdb', tokensPerSec: '#0ca678', samplesPerSec: '#0ca678', lr: '#e8590c' };
+const colors = { loss: '#3b5bdb', tokensPerSec: '#0ca678', samplesPerSec: '#0ca678', lr: '#e8590c', busBwBytesPerSec: '#ae3ec9' };
 const stepIncrements = [1, 2, 5].flatMap((m) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7].map((p) => m * p)).sort((a, b) => a - b);
-const labels = { loss: 'loss', tokensPerSec: 'tokens/s', samplesPerSec: 'samples/s', lr: 'learning rate' };
+const labels = { loss: 'loss', tokensPerSec: 'tokens/s', samplesPerSec: 'samples/s', lr: 'learning rate', busBwBytesPerSec: 'busbw B/s' };
 
 export class LiveChart {
   /** @param {HTMLElement} el  @param {string} series  @param {() => void} onStale */

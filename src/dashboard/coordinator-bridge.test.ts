@@ -1,0 +1,93 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { StepSummary } from '../coordinator/coordinator.ts';
+import { busBandwidth, bridgeCoordinator, stepRecordOf, type CoordinatorSource } from './coordinator-bridge.ts';
+import { stepRecordSchema } from './api-schema.ts';
+import { RunStateStore } from './run-state.ts';
+import { createTrainingMetrics } from '../observability/metrics.ts';
+
+function summary(extra: Record<string, unknown> = {}): StepSummary {
+  return {
+    step: 9,
+    epoch: 1,
+    worldSize: 4,
+    loss: 2.5,
+    skipped: false,
+    computeMs: 700,
+    allReduceMs: 100,
+    optimizerMs: 20,
+    stepMs: 1000,
+    samples: 16,
+    tokens: 1280,
+    gradNorm: 1.2,
+    learningRate: 1e-3,
+    optimizerStateBytes: [8, 8, 8, 8],
+    committedAt: 1_700_000_000_000,
+    ...extra,
+  } as StepSummary;
+}
+
+test('bus bandwidth as nccl-tests defines it: algbw x 2(N-1)/N for all-reduce, x (N-1)/N for reduce-scatter', () => {
+  // 100 MB in 100 ms: algbw 1 GB/s.
+  assert.equal(busBandwidth(100e6, 100, 2), 1e9);
+  assert.equal(busBandwidth(100e6, 100, 4), 1.5e9);
+  assert.equal(busBandwidth(100e6, 100, 4, 'reduce-scatter'), 0.75e9);
+  // One rank moves nothing over a link; no bytes or no time says nothing.
+  for (const [b, ms, n] of [[100e6, 100, 1], [0, 100, 2], [100e6, 0, 2]] as const) assert.equal(busBandwidth(b, ms, n), undefined);
+});
+
+test('step records carry the all-reduce bytes and busbw when the step summary has them', () => {
+  const plain = stepRecordSchema.parse(stepRecordOf(summary()));
+  assert.equal(plain.step, 10);
+  assert.equal(plain.busBwBytesPerSec, undefined);
+  assert.equal(plain.allReduceBytes, undefined);
+  const r = stepRecordSchema.parse(stepRecordOf(summary({ allReduceBytes: 50e6, allReduceOp: 'all-reduce' })));
+  assert.equal(r.allReduceBytes, 50e6);
+  assert.equal(r.busBwBytesPerSec, (50e6 / 0.1) * 1.5);
+  const z1 = stepRecordOf(summary({ allReduceBytes: 50e6, allReduceOp: 'reduce-scatter' }));
+  assert.equal(z1.busBwBytesPerSec, (50e6 / 0.1) * 0.75);
+  // Not reported (0): no busbw rather than a false 0.
+  assert.equal(stepRecordOf(summary({ allReduceBytes: 0 })).busBwBytesPerSec, undefined);
+});
+
+test('the bridge feeds skipped samples by reason and busbw into the store and /metrics', async () => {
+  type Listener = Parameters<CoordinatorSource['subscribe']>[0];
+  const listeners = new Set<Listener>();
+  const source = {
+    opts: { jobId: 'j', configHash: 'h', totalSteps: 100, targetWorkers: 4, minWorkers: 4 },
+    phase: { kind: 'between-steps' },
+    step: 10,
+    epoch: 1,
+    ring: [],
+    members: new Map(),
+    subscribe(fn: Listener) {
+      listeners.add(fn);
+      return () => listeners.delete(fn);
+    },
+  } as unknown as CoordinatorSource;
+  const metrics = createTrainingMetrics();
+  const store = new RunStateStore({ jobId: 'j', name: 'j', metrics, autoEvents: false });
+  const stop = bridgeCoordinator(source, store, { pollMs: 60_000 });
+  try {
+    const emit = (s: StepSummary) => {
+      for (const l of listeners) l({ type: 'step', step: s });
+    };
+    emit(summary({ allReduceBytes: 50e6, skippedSamples: { decode: 2, truncated: 1 } }));
+    emit(summary({ step: 10, allReduceBytes: 50e6, skippedSamples: {} }));
+    emit(summary({ step: 11, allReduceBytes: 50e6, skippedSamples: { decode: 3, 'Bad Caption!': 1, bogus: -1 } }));
+    assert.deepEqual(store.skipped().samples, { decode: 5, truncated: 1, 'bad-caption': 1 });
+    assert.equal(store.job().skippedSamples, 7);
+    const events = store.events(0).events.filter((e) => e.kind === 'skipped-sample');
+    assert.deepEqual(events.map((e) => [e.step, e.message]), [
+      [10, '3 samples skipped in step 10: 2 decode, 1 truncated'],
+      [12, '4 samples skipped in step 12: 3 decode, 1 bad-caption'],
+    ]);
+    assert.equal(store.steps().at(-1)!.busBwBytesPerSec, 7.5e8);
+    const text = await metrics.registry.metrics();
+    assert.match(text, /^parti_skipped_samples_total\{reason="decode"\} 5$/m);
+    assert.match(text, /^parti_skipped_samples_total\{reason="bad-caption"\} 1$/m);
+    assert.match(text, /^parti_allreduce_busbw_bytes_per_second 750000000$/m);
+  } finally {
+    stop();
+  }
+});
