@@ -1,6 +1,6 @@
 // `parti train --workers 2` as a user runs it: the launcher starts a coordinator and two workers
-// as child processes on 127.0.0.1, restarts a worker that dies, and on Ctrl-C (SIGINT) checkpoints
-// and stops everything cleanly. The linear test model keeps it fast.
+// as child processes on 127.0.0.1, restarts a worker that dies (or leaves after SIGTERM, exit
+// 143), and on Ctrl-C (SIGINT) checkpoints and stops everything cleanly. The linear test model keeps it fast.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -47,6 +47,14 @@ test('parti train --workers 2: a dead worker is restarted; SIGINT checkpoints an
     assert.equal(workers.length, 2, 'two worker processes');
     process.kill(workers[0]!, 'SIGKILL');
     await waitErr(/worker \d died \(SIGKILL\); restarting it/, 30_000);
+    await new Promise((r) => setTimeout(r, 2000));
+    tree = childPids(launcher.proc.pid!);
+    // A worker preempted (SIGTERM) leaves at a step boundary with 143: started again, not a crash.
+    const survivor = tree.filter((p) => / worker /.test(commandOf(p))).find((p) => p !== workers[0]);
+    assert.ok(survivor, 'the worker that was not killed');
+    process.kill(survivor, 'SIGTERM');
+    await waitErr(/worker \d left before the end \(exit 143\); starting it again/, 30_000);
+    assert.doesNotMatch(stderr.join(''), /giving up/);
     await new Promise((r) => setTimeout(r, 2000));
     tree = childPids(launcher.proc.pid!);
     await waitErr(/parti step +(2\d|[3-9]\d)\//, 60_000);

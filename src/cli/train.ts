@@ -102,7 +102,8 @@ function lines(child: ChildProcess, onLine: (line: string) => void): void {
  * stops the job cleanly (a second Ctrl-C kills it). Returns the final parameters' file, if any.
  */
 async function runLocalJob(config: Config, runDir: string, workers: number, say: (line: string) => void, resume?: 'latest' | number): Promise<string | null> {
-  const { jobStage } = await heavy();
+  // (not heavy(): a test-model job's launcher needs no tfjs, and it starts faster without it)
+  const { jobStage } = await import('../coordinator/job.ts');
   // Children read the effective config (with --steps applied) so that all of them hash alike.
   mkdirSync(runDir, { recursive: true });
   const configFile = join(runDir, 'parti-job.json');
@@ -305,21 +306,20 @@ export function register(program: Command): void {
       }
       const config = loadConfig(opts.config);
       const runDir = resolve(opts.runDir);
-      const { trainPipeline, prepareTokenizer, loadTrainingState, VitVqgan, publishStateDir } = await heavy();
       const stage = opts.stage as StageName | undefined;
       // The upsampler trains in this process too (it needs neither the tokenizer nor Parti).
       if (opts.singleProcess || stage === 'upsampler') {
-        await trainPipeline({ config, runDir, steps, stage });
+        await (await heavy()).trainPipeline({ config, runDir, steps, stage });
         return;
       }
       const say = (line: string) => process.stderr.write(`${line}\n`);
       const testModel = config.runtime.testModel;
       if (stage === 'tokenizer' || (stage === undefined && !testModel && !config.training.tokenizerFrom)) {
         // The tokenizer stage trains in this process (it resumes, or says it is already trained).
-        await trainPipeline({ config, runDir, steps, stage: 'tokenizer' });
+        await (await heavy()).trainPipeline({ config, runDir, steps, stage: 'tokenizer' });
         if (stage === 'tokenizer') {
           if (opts.publishTokenizer) {
-            const bytes = await publishStateDir(join(runDir, 'tokenizer'), opts.publishTokenizer);
+            const bytes = await (await heavy()).publishStateDir(join(runDir, 'tokenizer'), opts.publishTokenizer);
             say(`tokenizer: published to ${opts.publishTokenizer} (${(bytes / 2 ** 20).toFixed(1)} MiB, with SHA256SUMS); set training.tokenizerFrom: ${opts.publishTokenizer}`);
           }
           return;
@@ -328,6 +328,7 @@ export function register(program: Command): void {
       if (!testModel) {
         // the workers need the trained tokenizer: say so here rather than in a crash loop
         // (a published one is fetched and verified here, and again by each worker)
+        const { prepareTokenizer, loadTrainingState, VitVqgan } = await heavy();
         const dir = await prepareTokenizer(config, runDir);
         if (!(await loadTrainingState(dir, new VitVqgan(config.model.tokenizer).layout))) {
           throw new PartiError('checkpoint', `${dir}: no trained tokenizer (run without --stage, or set training.tokenizerFrom)`);
@@ -347,6 +348,6 @@ export function register(program: Command): void {
         say(`sample image: ${await writeSample(config, runDir, params)}`);
       }
       // The third stage, when the config has one: the super-resolution network for --upsample.
-      if (stage === undefined && config.training.upsampler) await trainPipeline({ config, runDir, steps, stage: 'upsampler' });
+      if (stage === undefined && config.training.upsampler) await (await heavy()).trainPipeline({ config, runDir, steps, stage: 'upsampler' });
     });
 }
