@@ -10,7 +10,7 @@ import { openStore } from '../storage/open-store.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { Config } from '../config/schema.ts';
 import { GalleryGenerator } from './gallery-generator.ts';
-import { galleryTokenizerDir, galleryTokenizerExists } from './gallery-samples.ts';
+import { galleryTokenizerDir, galleryTokenizerExists } from './gallery-source.ts';
 import { PartiError } from '../errors.ts';
 import { log } from '../observability/log.ts';
 

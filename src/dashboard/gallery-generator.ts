@@ -10,7 +10,7 @@ import { Worker } from 'node:worker_threads';
 import type { GalleryConfig } from '../config/dashboard-schema.ts';
 import { log } from '../observability/log.ts';
 import type { TrainingMetrics } from '../observability/metrics.ts';
-import type { GallerySource } from './gallery-samples.ts';
+import type { GallerySource } from './gallery-source.ts';
 import type { GalleryReply, GalleryRequest, GalleryThreadData } from './gallery-thread.ts';
 import type { RunStateStore } from './run-state.ts';
 import { listCheckpointSteps } from '../storage/checkpoint-load.ts';

@@ -3,9 +3,6 @@
  * as PNGs, with their cross-attention maps. Pure of threads and messages (gallery-thread.ts runs
  * it on its own thread), so a test can call it in-process.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import type { Config } from '../config/schema.ts';
 import { PartiError } from '../errors.ts';
 import { crossAttentionMaps, textTokenLabel } from '../generate/attention-maps.ts';
 import { Generator } from '../generate/generator.ts';
@@ -19,30 +16,7 @@ import { vqganLayout } from '../model/vit-vqgan.ts';
 import { loadCheckpoint } from '../storage/checkpoint-load.ts';
 import { openStore } from '../storage/open-store.ts';
 import { attentionHeatmapPng } from './attention-heatmap.ts';
-
-/** Where a run's trained image tokenizer is: `training.tokenizerFrom` (a run or a tokenizer folder), else `<run dir>/tokenizer` (as the workers find it). */
-export function galleryTokenizerDir(config: Config, runDir: string): string {
-  const from = config.training.tokenizerFrom;
-  if (!from) return join(runDir, 'tokenizer');
-  return existsSync(join(from, 'tokenizer', 'checkpoint.json')) ? join(from, 'tokenizer') : from;
-}
-
-/** Whether a trained tokenizer is there to decode image tokens with. */
-export function galleryTokenizerExists(dir: string): boolean {
-  return existsSync(join(dir, 'checkpoint.json'));
-}
-
-/** What one gallery generation needs to know about its job (plain data: it crosses to a thread). */
-export interface GallerySource {
-  /** The job's config (parsed). */
-  config: Config;
-  /** configHash() of it: the checkpoint must have been written by it. */
-  configHash: string;
-  /** URL or path of the job's checkpoint store. */
-  checkpointStore: string;
-  /** Folder of the trained image tokenizer (see galleryTokenizerDir). */
-  tokenizerDir: string;
-}
+import type { GallerySource } from './gallery-source.ts';
 
 /** One generated sample, ready for RunStateStore.addGalleryItem. */
 export interface GalleryRender {

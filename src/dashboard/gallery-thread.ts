@@ -6,7 +6,8 @@
 import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { PartiError } from '../errors.ts';
-import { GallerySampler, type GalleryRender, type GallerySource } from './gallery-samples.ts';
+import { GallerySampler, type GalleryRender } from './gallery-samples.ts';
+import type { GallerySource } from './gallery-source.ts';
 
 /** workerData of the thread. */
 export interface GalleryThreadData extends GallerySource {
