@@ -73,6 +73,11 @@ export interface Optimizer {
   update(params: Float32Array, grads: Float32Array, opts: UpdateOptions): void;
   exportState(): OptimizerState;
   importState(state: OptimizerState): void;
+  /**
+   * Optional: the live state, without copying (a checkpoint snapshot copies it into a buffer it
+   * reuses). Only valid until the next update; callers must not keep or change the arrays.
+   */
+  peekState?(): OptimizerState;
 }
 
 /** Creates the optimizer a stage config names, over `range` (default: all parameters). */
@@ -139,6 +144,10 @@ class AdamW implements Optimizer {
 
   exportState(): OptimizerState {
     return { type: 'adamw', updates: this.updates, range: [...this.range], slots: { m: this.m.slice(), v: this.v.slice() } };
+  }
+
+  peekState(): OptimizerState {
+    return { type: 'adamw', updates: this.updates, range: [...this.range], slots: { m: this.m, v: this.v } };
   }
 
   importState(s: OptimizerState): void {

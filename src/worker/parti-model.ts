@@ -44,14 +44,18 @@ class RangeOptimizer implements OptimizerShard {
     return lr;
   }
   stateBytes(): number {
-    return Object.values(this.opt.exportState().slots).reduce((n, a) => n + a.byteLength, 0);
+    return Object.values((this.opt.peekState?.() ?? this.opt.exportState()).slots).reduce((n, a) => n + a.byteLength, 0);
   }
   exportState(): OptimizerSnapshot {
-    const st = this.opt.exportState();
+    const state = new Float32Array((this.end - this.start) * this.slots);
+    return { updates: this.exportStateInto(state), state };
+  }
+  exportStateInto(target: Float32Array): number {
+    // the live arrays when the optimizer lends them: one copy, straight into the snapshot buffer
+    const st = this.opt.peekState?.() ?? this.opt.exportState();
     const n = this.end - this.start;
-    const state = new Float32Array(n * this.slots);
-    this.names.forEach((name, k) => state.set(st.slots[name]!, k * n));
-    return { updates: st.updates, state };
+    this.names.forEach((name, k) => target.set(st.slots[name]!, k * n));
+    return st.updates;
   }
   importState(snapshot: OptimizerSnapshot): void {
     const st = this.opt.exportState();

@@ -499,7 +499,9 @@ export class WorkerRuntime {
     // The model mixes the step into its per-sample randomness itself (keyed on sample ids).
     const ctx = { step: s.step, seed: this.opts.seed };
     // Microbatches of at most microBatch samples, summed in a fixed order (bitwise reproducible).
-    const sum = new Float32Array(p);
+    // Without ZeRO the sum is made in the all-reduce buffer itself (gradient, then 5 statistics):
+    // no second copy of the gradient per step.
+    const sum = new Float32Array(this.opts.zeroStage === 1 ? p : p + 5);
     let lossSum = 0;
     let samples = 0;
     let tokens = 0;
@@ -532,8 +534,7 @@ export class WorkerRuntime {
       stats = new Float32Array([lossSum, localNonFinite, sq, samples, tokens]);
       await this.opts.collective.allReduce(stats, { ...this.callOpts(), op: 'sum', inPlace: true });
     } else {
-      const buf = new Float32Array(p + 5);
-      buf.set(sum, 0);
+      const buf = sum;
       buf[p] = lossSum;
       buf[p + 1] = localNonFinite;
       buf[p + 3] = samples;
@@ -553,10 +554,10 @@ export class WorkerRuntime {
     const nonFinite = stats[1]! > 0 || !Number.isFinite(stats[2]!) || !Number.isFinite(stats[0]!);
     const norm = Math.sqrt(stats[2]!) / divisor;
     const clip = this.model.clipNorm > 0 && norm > this.model.clipNorm ? this.model.clipNorm / norm : 1;
-    const mean = new Float32Array(grad.length);
+    // The mean gradient, in place (this step's buffers are not used afterwards).
     const scale = clip / divisor;
-    for (let j = 0; j < grad.length; j++) mean[j] = grad[j]! * scale;
-    this.pending = { epoch: s.epoch, step: s.step, grad: mean, nonFinite };
+    for (let j = 0; j < grad.length; j++) grad[j] = grad[j]! * scale;
+    this.pending = { epoch: s.epoch, step: s.step, grad, nonFinite };
     this.state = 'reduced';
     await this.report({
       kind: 'REDUCED',
