@@ -1,7 +1,7 @@
 // The lifecycle a Kubernetes job goes through, with real `parti coordinator --when-finished serve`
 // (what the Deployment runs) and `parti worker` processes (what the Indexed Job runs) on the linear
 // test model: the exit codes the worker Job's podFailurePolicy reads (143 after SIGTERM, 75 when
-// the coordinator was stopped, 0 only at the end), and a finished job that stays finished: the
+// the coordinator was stopped or stayed unreachable, 0 only at the end), and a finished job that stays finished: the
 // coordinator serves it instead of exiting, and a restarted coordinator serves it at once and tells
 // late workers it has finished.
 import { test } from 'node:test';
@@ -72,6 +72,11 @@ test('exit codes for the Job (143 preempted, 75 coordinator stopped, 0 done) and
     c2.proc.kill('SIGTERM');
     assert.equal(await within(c2.exited, 30_000, 'coordinator-2 on SIGTERM'), 0);
 
+    // A worker whose coordinator stays unreachable for runtime.reconnectMs (its pod is being
+    // replaced) exits 75 too: the Job starts it again without counting a failure.
+    const impatient = cluster.config('impatient', linearConfig({ workers: 2, reconnectMs: 1000 }, { steps: STEPS, stepDelayMs: 30 }, { checkpoint: { everySteps: 4, keep: 2, atEnd: true }, dashboard: { port: 0 } }));
+    const orphan = cluster.worker(impatient, c2.address, 'orphan');
+
     // A coordinator restarted on the finished job (its pod was rescheduled) trains nothing: it
     // serves the finished job at once and workers that join exit 0.
     const c3 = await cluster.coordinator(cfg, serve, 'coordinator-3');
@@ -81,6 +86,7 @@ test('exit codes for the Job (143 preempted, 75 coordinator stopped, 0 done) and
     assert.equal(await healthz(dashboard3), 200);
     const again = cluster.worker(cfg, c3.address, 'again');
     assert.equal(await within(again.exited, 30_000, 'a worker of the finished job'), EXIT_FINISHED);
+    assert.equal(await within(orphan.exited, 30_000, 'the worker without a coordinator'), EXIT_JOB_STOPPED);
     assert.equal(c3.proc.exitCode, null, 'still serving');
     assert.ok(!c3.lines.some((l) => l.startsWith('{"step"')), 'no step trained again');
     checkExactlyOnce(cluster.ledger(), STEPS, SAMPLES);

@@ -12,7 +12,7 @@ function hostPort(flag: string) {
 /**
  * `parti worker --coordinator HOST:PORT`: one data-parallel worker (what a cluster runs per pod).
  * Exit code 0 when the job finished, 143 when it left after SIGTERM/SIGINT before the end, 75 when
- * the coordinator stopped the job before the end (src/worker/worker-exit-code.ts).
+ * the coordinator stopped the job before the end or stayed unreachable (src/worker/worker-exit-code.ts).
  */
 export function register(program: Command): void {
   program
@@ -33,6 +33,9 @@ export function register(program: Command): void {
       const exit = await runWorker(config, o);
       await new Promise<void>((resolve) => process.stdout.write(`${JSON.stringify({ worker: 'stopped', ...exit })}\n`, () => resolve()));
       // main() would exit 0 once the action returns; an unfinished job must not look complete.
-      if (exit.exitCode !== 0) process.exit(exit.exitCode);
+      if (exit.exitCode !== 0) {
+        process.stderr.write(`parti: worker stopped before the job finished: ${exit.reason} (exit ${exit.exitCode})\n`);
+        process.exit(exit.exitCode);
+      }
     });
 }

@@ -16,9 +16,11 @@ export const EXIT_FINISHED = 0;
 export const EXIT_PREEMPTED = 143;
 
 /**
- * The coordinator stopped the job before its last step (it was itself stopped: a rollout, a
- * drain, `parti train` asked to stop). EX_TEMPFAIL: a restarted coordinator resumes the job from
- * its checkpoint, so run the worker again without counting a failure.
+ * The job cannot go on with this worker now, through no fault of the worker: the coordinator
+ * stopped the job before its last step (it was itself stopped: a rollout, a drain, `parti train`
+ * asked to stop) or could not be reached for runtime.reconnectMs (its pod is being replaced).
+ * EX_TEMPFAIL: a restarted coordinator resumes the job from its checkpoint, so run the worker
+ * again without counting a failure (the coordinator's own crash loop shows on its Deployment).
  */
 export const EXIT_JOB_STOPPED = 75;
 
@@ -29,6 +31,13 @@ export const RETRY_EXIT_CODES: readonly number[] = [EXIT_JOB_STOPPED, EXIT_PREEM
 const FINISHED_REASON = 'all steps done';
 /** What a finished coordinator answers a join with (a worker started after the end). */
 const FINISHED_REFUSAL = /\bhas finished\b/;
+/** What a worker's runtime says when the coordinator stayed unreachable for runtime.reconnectMs. */
+const COORDINATOR_LOST = /cannot reach the coordinator/;
+
+/** True when a worker's run failed only because its coordinator could not be reached. */
+export function coordinatorLost(message: string): boolean {
+  return COORDINATOR_LOST.test(message);
+}
 
 /** How a worker's run ended, as seen by its process. */
 export interface WorkerEnding {

@@ -19,7 +19,7 @@ import { CheckpointShards } from './checkpoint-shards.ts';
 import { LinearModel } from './linear-model.ts';
 import type { Trainable } from './trainable.ts';
 import { WorkerRuntime, type WorkerExit } from './worker-runtime.ts';
-import { jobFinished, workerExitCode } from './worker-exit-code.ts';
+import { coordinatorLost, jobFinished, workerExitCode } from './worker-exit-code.ts';
 
 /** Options of runWorker (from the command line). */
 export interface WorkerProcessOptions {
@@ -106,9 +106,11 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
       exit = await runtime.run();
     } catch (err) {
       // A worker (re)started after the end: the finished coordinator refuses its join. Its index
-      // is done too, or a Job would start it again forever.
+      // is done too, or a Job would start it again forever. A coordinator unreachable for
+      // reconnectMs (its pod is being replaced) is not this worker's failure either.
       const e = PartiError.from(err);
-      if (e.code !== 'refused' || !jobFinished(e.message)) throw err;
+      const finishedJob = e.code === 'refused' && jobFinished(e.message);
+      if (!finishedJob && !(e.code === 'deadline' && coordinatorLost(e.message))) throw err;
       exit = { reason: e.message, applied: 0 };
       trained = false;
     }
