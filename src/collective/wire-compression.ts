@@ -3,6 +3,8 @@
  * on the wire while every sum is still taken in float32 (as Horovod's and PyTorch DDP's fp16/bf16
  * compression hooks do). Rounding is round-to-nearest-even; fp16 overflows to ±Infinity past 65504.
  */
+import { addBf16Into, addFloat32Into } from './simd-sum.ts';
+
 export type WireCompression = 'none' | 'bf16' | 'fp16';
 
 export const WIRE_COMPRESSIONS: readonly WireCompression[] = ['none', 'bf16', 'fp16'];
@@ -115,28 +117,13 @@ export function decodeWireInto(bytes: Uint8Array, c: WireCompression, out: Float
  * the one reduction every collective uses (the division fused in saves a pass over the memory).
  */
 export function addWireInto(bytes: Uint8Array, c: WireCompression, acc: Float32Array, divisor = 1): void {
-  if (divisor !== 1) {
-    let x: Float32Array;
-    if (c === 'none') x = float32View(bytes);
-    else decodeWireInto(bytes, c, (x = new Float32Array(acc.length)));
-    for (let i = 0; i < x.length; i++) acc[i] = Math.fround(acc[i]! + x[i]!) / divisor;
-    return;
-  }
-  if (c === 'none') {
-    const x = float32View(bytes);
-    for (let i = 0; i < x.length; i++) acc[i]! += x[i]!;
-    return;
-  }
+  // float32 and bf16 run in the WebAssembly SIMD kernels (simd-sum.ts); fp16 needs its table.
+  if (c === 'none') return addFloat32Into(acc, bytes, divisor);
+  if (c === 'bf16') return addBf16Into(acc, bytes, divisor);
   const h = uint16View(bytes);
-  if (c === 'bf16') {
-    for (let i = 0; i < h.length; i++) {
-      u32[0] = h[i]! << 16;
-      acc[i]! += f32[0]!;
-    }
-  } else {
-    const t = f16ToF32Table();
-    for (let i = 0; i < h.length; i++) acc[i]! += t[h[i]!]!;
-  }
+  const t = f16ToF32Table();
+  if (divisor !== 1) for (let i = 0; i < h.length; i++) acc[i] = Math.fround(acc[i]! + t[h[i]!]!) / divisor;
+  else for (let i = 0; i < h.length; i++) acc[i]! += t[h[i]!]!;
 }
 
 /** x = decode(encode(x)) in place: what a peer will see of x. Keeps ranks bitwise equal. */

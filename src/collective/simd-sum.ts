@@ -1,0 +1,184 @@
+/**
+ * The reduction inner loops of the collectives (acc += x, optionally then / n) as a tiny
+ * WebAssembly SIMD module, with plain-JS fallbacks where SIMD is missing.
+ *
+ * Why: a JS loop over Float32Arrays runs at ~3 ns an element here (V8 does not vectorize), and the
+ * reduce-scatter of a 64 MiB all-reduce adds 8M elements per rank. f32x4 does 4 a time; the data
+ * are copied through a 64 KiB window of the module's memory (copies at memcpy speed, in cache),
+ * which still comes out ~3x faster than the JS loop (measured 8M elements: 57-84 ms JS vs
+ * 17-28 ms on a loaded 2-core machine).
+ *
+ * Results are bitwise those of the JS loops: f32x4.add and f32x4.div are IEEE float32 operations
+ * rounded to nearest, and the JS `acc[i] += x[i]` (a float64 sum of two float32 values rounded to
+ * float32) and `Math.fround(a + x) / n` stored into a Float32Array round to the same values.
+ * The module is written out byte by byte below (no toolchain needed); the tests compare it with
+ * the JS loops on random data.
+ */
+
+/** Bytes of one window of the module's memory (accumulator at 0, operand at WINDOW). */
+const WINDOW = 1 << 16;
+
+const leb = (n: number): number[] => {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n) b |= 0x80;
+    out.push(b);
+  } while (n);
+  return out;
+};
+const section = (id: number, body: number[]): number[] => [id, ...leb(body.length), ...body];
+const vector = (items: number[][]): number[] => [...leb(items.length), ...items.flat()];
+const name = (s: string): number[] => [...leb(s.length), ...Array.from(s, (c) => c.charCodeAt(0))];
+const simd = (op: number): number[] => [0xfd, ...leb(op)];
+const memarg = (op: number, align: number): number[] => [...simd(op), align, 0];
+
+const I32 = 0x7f;
+const F32 = 0x7d;
+const OP = {
+  block: 0x02, loop: 0x03, br: 0x0c, brIf: 0x0d, end: 0x0b, void: 0x40,
+  localGet: 0x20, localSet: 0x21, i32Const: 0x41, i32Add: 0x6a, i32GeU: 0x4f, i32ShrU: 0x76,
+  v128Load: 0x00, v128Load16x4U: 0x04, v128Store: 0x0b, i32x4Shl: 171, f32x4Splat: 0x13, f32x4Add: 228, f32x4Div: 231,
+} as const;
+
+/**
+ * One function (acc, x, bytes[, divisor]): for i in 0..bytes step 16, acc[i..i+16) as f32x4 +=
+ * the operand (f32x4 at x+i, or 4 bf16 at x+i/2 widened), then divided by `divisor` if `divide`.
+ */
+function kernel(bf16: boolean, divide: boolean): number[] {
+  const i = divide ? 4 : 3; // the loop counter comes after the parameters
+  const get = (l: number): number[] => [OP.localGet, l];
+  const operand = bf16
+    ? [...get(1), ...get(i), OP.i32Const, 1, OP.i32ShrU, OP.i32Add, ...memarg(OP.v128Load16x4U, 1), OP.i32Const, 16, ...simd(OP.i32x4Shl)]
+    : [...get(1), ...get(i), OP.i32Add, ...memarg(OP.v128Load, 2)];
+  const code = [
+    OP.block, OP.void, OP.loop, OP.void,
+    ...get(i), ...get(2), OP.i32GeU, OP.brIf, 1,
+    ...get(0), ...get(i), OP.i32Add, // store address
+    ...get(0), ...get(i), OP.i32Add, ...memarg(OP.v128Load, 2),
+    ...operand,
+    ...simd(OP.f32x4Add),
+    ...(divide ? [...get(3), ...simd(OP.f32x4Splat), ...simd(OP.f32x4Div)] : []),
+    ...memarg(OP.v128Store, 2),
+    ...get(i), OP.i32Const, 16, OP.i32Add, OP.localSet, i,
+    OP.br, 0,
+    OP.end, OP.end, OP.end,
+  ];
+  const body = [...vector([[1, I32]]), ...code];
+  return [...leb(body.length), ...body];
+}
+
+function moduleBytes(): Uint8Array<ArrayBuffer> {
+  const pages = (2 * WINDOW) / 65536;
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0,
+    ...section(1, vector([[0x60, 3, I32, I32, I32, 0], [0x60, 4, I32, I32, I32, F32, 0]])),
+    ...section(3, vector([[0], [1], [0], [1]])),
+    ...section(5, vector([[0, pages]])),
+    ...section(7, vector([
+      [...name('mem'), 2, 0],
+      [...name('add'), 0, 0],
+      [...name('addDiv'), 0, 1],
+      [...name('addBf16'), 0, 2],
+      [...name('addBf16Div'), 0, 3],
+    ])),
+    ...section(10, vector([kernel(false, false), kernel(false, true), kernel(true, false), kernel(true, true)])),
+  ]);
+}
+
+interface Kernels {
+  mem: Uint8Array;
+  add(acc: number, x: number, bytes: number): void;
+  addDiv(acc: number, x: number, bytes: number, divisor: number): void;
+  addBf16(acc: number, x: number, bytes: number): void;
+  addBf16Div(acc: number, x: number, bytes: number, divisor: number): void;
+}
+
+let kernels: Kernels | null | undefined;
+
+/** The module, or null where WebAssembly SIMD is unavailable (then the JS loops run). */
+function load(): Kernels | null {
+  if (kernels !== undefined) return kernels;
+  kernels = null;
+  if (process.env.PARTI_COLLECTIVE_SIMD === '0') return null;
+  try {
+    const bytes = moduleBytes();
+    if (typeof WebAssembly === 'undefined' || !WebAssembly.validate(bytes)) return null;
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes));
+    const e = instance.exports as unknown as Omit<Kernels, 'mem'> & { mem: WebAssembly.Memory };
+    // The memory never grows, so this view stays valid.
+    kernels = { mem: new Uint8Array(e.mem.buffer), add: e.add, addDiv: e.addDiv, addBf16: e.addBf16, addBf16Div: e.addBf16Div };
+  } catch {
+    kernels = null;
+  }
+  return kernels;
+}
+
+/** True when the SIMD kernels run (false: the JS fallbacks). */
+export function simdAvailable(): boolean {
+  return load() !== null;
+}
+
+const bytesOf = (a: Float32Array | Uint16Array | Uint8Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+function sumJs(acc: Float32Array, x: Float32Array, from: number, divisor: number): void {
+  if (divisor === 1) for (let i = from; i < acc.length; i++) acc[i]! += x[i]!;
+  else for (let i = from; i < acc.length; i++) acc[i] = Math.fround(acc[i]! + x[i]!) / divisor;
+}
+
+function sumBf16Js(acc: Float32Array, h: Uint8Array, from: number, divisor: number): void {
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  for (let i = from; i < acc.length; i++) {
+    u[0] = (h[2 * i]! | (h[2 * i + 1]! << 8)) << 16;
+    acc[i] = divisor === 1 ? acc[i]! + f[0]! : Math.fround(acc[i]! + f[0]!) / divisor;
+  }
+}
+
+/**
+ * acc[i] = float32(acc[i] + x[i]), then / divisor (float32) when divisor !== 1. `x` holds
+ * acc.length float32 values, little-endian, at any byte offset (no alignment needed).
+ */
+export function addFloat32Into(acc: Float32Array, x: Uint8Array, divisor = 1): void {
+  const k = load();
+  let done = 0;
+  if (k) {
+    const a = bytesOf(acc);
+    const n = a.byteLength & ~15;
+    for (let o = 0; o < n; o += WINDOW) {
+      const len = Math.min(WINDOW, n - o);
+      k.mem.set(a.subarray(o, o + len), 0);
+      k.mem.set(x.subarray(o, o + len), WINDOW);
+      if (divisor === 1) k.add(0, WINDOW, len);
+      else k.addDiv(0, WINDOW, len, divisor);
+      a.set(k.mem.subarray(0, len), o);
+    }
+    done = n / 4;
+  }
+  if (done < acc.length) {
+    // The tail (or everything, without SIMD): an aligned view when possible, else a copy.
+    const rest = x.byteOffset % 4 === 0 ? new Float32Array(x.buffer, x.byteOffset, acc.length) : new Float32Array(x.slice(0, acc.length * 4).buffer);
+    sumJs(acc, rest, done, divisor);
+  }
+}
+
+/** acc[i] = float32(acc[i] + bf16 element i of h), then / divisor when divisor !== 1. */
+export function addBf16Into(acc: Float32Array, h: Uint8Array, divisor = 1): void {
+  const k = load();
+  let done = 0;
+  if (k) {
+    const a = bytesOf(acc);
+    const n = a.byteLength & ~15;
+    for (let o = 0; o < n; o += WINDOW) {
+      const len = Math.min(WINDOW, n - o);
+      k.mem.set(a.subarray(o, o + len), 0);
+      k.mem.set(h.subarray(o / 2, (o + len) / 2), WINDOW);
+      if (divisor === 1) k.addBf16(0, WINDOW, len);
+      else k.addBf16Div(0, WINDOW, len, divisor);
+      a.set(k.mem.subarray(0, len), o);
+    }
+    done = n / 4;
+  }
+  if (done < acc.length) sumBf16Js(acc, h, done, divisor);
+}
