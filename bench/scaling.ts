@@ -11,6 +11,10 @@
 // The frozen image tokenizer is at its initialization (throughput does not depend on its training).
 // Run: flock /tmp/parti-bench.lock npx tsx bench/scaling.ts [--steps 8] [--per-worker-batch 8]
 //      flock /tmp/parti-bench.lock npx tsx bench/scaling.ts --checkpoint-stall [--workers 2] [--steps 16] [--rounds 2]
+// - with --contention: why compute per step grows with 2 workers: the median compute time of one
+//   1-worker job alone, of two independent 1-worker jobs at once (no all-reduce, no shared
+//   coordinator: only the machine is shared), and of one 2-worker job.
+//      flock /tmp/parti-bench.lock npx tsx bench/scaling.ts --contention [--steps 12]
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -148,7 +152,42 @@ async function checkpointRun(workers: number, every: number): Promise<{ wallMs: 
   }
 }
 
+/** Median compute time (ms) of the timed steps of `jobs` independent jobs of `workers` workers run at once. */
+async function computeOf(jobs: number, workers: number): Promise<number[]> {
+  const clusters = Array.from({ length: jobs }, (_, j) => new Cluster(`contention${jobs}x${workers}-${j}`));
+  try {
+    const coordinators = await Promise.all(
+      clusters.map(async (cluster) => {
+        const cfg = await setup(cluster, workers, STEPS);
+        const c = await cluster.coordinator(cfg);
+        return { cluster, cfg, c };
+      }),
+    );
+    for (const { cluster, cfg, c } of coordinators) for (let i = 0; i < workers; i++) cluster.worker(cfg, c.address, `w${i}`);
+    await Promise.all(coordinators.map(({ c }) => c.waitFor(/"done":true/, 900_000)));
+    return coordinators.map(({ c }) => median(steps(c.lines).filter((x) => x.step >= WARMUP).map((x) => x.computeMs)));
+  } finally {
+    await Promise.all(clusters.map((c) => c.killAll()));
+  }
+}
+
 const load = () => loadavg()[0]!.toFixed(1);
+if (process.argv.includes('--contention')) {
+  process.env.PARTI_LOG_LEVEL ??= 'warn';
+  console.log(`compute per step (median, slowest rank), tiny config, ${PER_WORKER} samples per worker per step, ${STEPS} steps (first ${WARMUP} not timed)`);
+  for (let round = 0; round < arg('--rounds', 1); round++) {
+    for (const [jobs, workers, what] of [
+      [1, 1, 'one 1-worker job alone          '],
+      [2, 1, 'two 1-worker jobs at once       '],
+      [1, 2, 'one 2-worker job                '],
+    ] as const) {
+      const before = load();
+      const ms = await computeOf(jobs, workers);
+      console.log(`${what}: compute ${ms.map((x) => x.toFixed(0)).join(' / ')} ms; load average ${before} -> ${load()}`);
+    }
+  }
+  process.exit(0);
+}
 if (process.argv.includes('--checkpoint-stall')) {
   process.env.PARTI_LOG_LEVEL ??= 'info';
   const workers = arg('--workers', 2);

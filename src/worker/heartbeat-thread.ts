@@ -11,8 +11,8 @@ import { resolveJobSecurity } from '../security/job-security.ts';
 
 /** What the main thread sends. */
 export type HeartbeatControl = { type: 'identity'; workerId: string } | { type: 'state'; state: string } | { type: 'stop' };
-/** What this thread sends back. */
-export type HeartbeatNews = { type: 'unknown'; workerId: string };
+/** What this thread sends back: it has loaded (and heartbeats from now on); the coordinator does not know the worker. */
+export type HeartbeatNews = { type: 'loaded' } | { type: 'unknown'; workerId: string };
 /** workerData of the thread. */
 export interface HeartbeatThreadData {
   coordinator: string;
@@ -50,3 +50,5 @@ parentPort!.on('message', (m: HeartbeatControl) => {
     parentPort!.close();
   }
 });
+
+parentPort!.postMessage({ type: 'loaded' } satisfies HeartbeatNews);

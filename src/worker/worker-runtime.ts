@@ -167,9 +167,7 @@ export class WorkerRuntime {
 
   /** Runs until the coordinator says stop (or cannot be reached for reconnectMs). */
   async run(): Promise<WorkerExit> {
-    this.startHeartbeatThread(); // loads while the model is built
-    // the upload thread too, so that the first checkpoint does not wait for it
-    void this.opts.store?.start?.().catch((err: Error) => this.log.warn({ err: err.message }, 'cannot start the checkpoint upload thread (saves will try again)'));
+    this.startHeartbeatThread(); // loads while the model is built (then the upload thread does)
     try {
       this.model = await this.opts.createModel();
       while (this.stopReason === null) {
@@ -289,6 +287,12 @@ export class WorkerRuntime {
       const t = new Worker(code, { eval: true, workerData: data });
       t.on('message', (m: HeartbeatNews) => {
         if (m.type === 'unknown' && m.workerId === this.workerId) this.streamEnded?.('the coordinator does not know this worker');
+        // The checkpoint upload thread loads next, so that the first checkpoint does not wait for
+        // it; not at the same time as this one, which must be heartbeating before the coordinator's
+        // failure timeout (two threads loading TypeScript at once on a busy machine can take seconds).
+        if (m.type === 'loaded' && this.state !== 'stopped') {
+          void this.opts.store?.start?.().catch((err: Error) => this.log.warn({ err: err.message }, 'cannot start the checkpoint upload thread (the first save starts it again)'));
+        }
       });
       t.on('error', (err) => this.log.error({ err: err.message }, 'heartbeat thread failed'));
       t.unref();
