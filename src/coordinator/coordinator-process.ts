@@ -71,7 +71,12 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
   // While a finished job is served, a signal ends the serving; before, it stops the job.
   let endServing: (() => void) | null = null;
   let serving = false;
-  const onSignal = (sig: NodeJS.Signals) => (serving ? endServing?.() : coordinator.requestStop(`${sig}`));
+  let signalled = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled = true;
+    if (serving) endServing?.();
+    else coordinator.requestStop(`${sig}`);
+  };
   for (const s of signals) process.on(s, onSignal);
   const parent = process.ppid;
   const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && coordinator.requestStop('the launcher is gone'), 1000) : null;
@@ -110,7 +115,8 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     if (coordinator.failed) throw new PartiError('collective-aborted', `job ${opts.jobId} failed: ${coordinator.failed}`);
     const result: CoordinatorResult = { ...done, skippedSteps: coordinator.skippedSteps, finished: done.step >= opts.totalSteps };
     o.onDone?.(result);
-    if (served && result.finished && !stoppedBySignal(done.reason, signals)) {
+    // (a signal that came while the job ended means the pod is going away: do not linger)
+    if (served && result.finished && !signalled) {
       log.child({ role: 'coordinator' }).info({ step: done.step }, 'job finished; serving it (dashboard, workers told it has finished) until SIGTERM');
       serving = true;
       await served;
@@ -123,9 +129,4 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
     await server.close();
     await dashboard?.close();
   }
-}
-
-/** The job ended because this process was asked to stop (its pod is going away: do not linger). */
-function stoppedBySignal(reason: string, signals: NodeJS.Signals[]): boolean {
-  return (signals as string[]).includes(reason);
 }
