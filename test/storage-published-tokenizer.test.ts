@@ -156,6 +156,20 @@ test('parti train --stage tokenizer --publish-tokenizer s3://…, then Parti tra
   const env = { ...process.env, PARTI_LOG_LEVEL: 'warn' };
   const tok = await run(process.execPath, [BIN, 'train', '--config', cfg, '--run-dir', join(work, 'tok'), '--stage', 'tokenizer', '--publish-tokenizer', url], { env, timeout: 60_000 });
   assert.match(tok.stderr, new RegExp(`tokenizer: published to ${url.replace(/[/.]/g, '\\$&')} \\(.* MiB, with SHA256SUMS\\)`));
+  // --single-process publishes too (the tokenizer is already trained in that run directory: it is only uploaded)
+  const fileUrl = pathToFileURL(join(work, 'published')).href;
+  const again = await run(process.execPath, [BIN, 'train', '--config', cfg, '--run-dir', join(work, 'tok'), '--single-process', '--stage', 'tokenizer', '--publish-tokenizer', fileUrl], { env, timeout: 60_000 });
+  assert.match(again.stderr, /tokenizer: published to file:/);
+  await fetchPublishedState(fileUrl, join(work, 'from-file'));
+  assert.deepEqual(readFileSync(join(work, 'from-file', 'state.bin')), readFileSync(join(work, 'tok', 'tokenizer', 'state.bin')));
+  // without --stage tokenizer there is nothing to publish: a usage error before anything runs
+  const usage = await run(process.execPath, [BIN, 'train', '--config', cfg, '--run-dir', join(work, 'x'), '--publish-tokenizer', url], { env, timeout: 60_000 }).then(
+    () => assert.fail('expected a usage error'),
+    (err: { code: number; stderr: string }) => err,
+  );
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /^parti: --publish-tokenizer: needs --stage tokenizer/m);
+
   // a fresh run directory, as in a pod: the tokenizer comes from the bucket
   // (the launcher checks it, then a worker process fetches it for its model)
   const parti = await run(process.execPath, [BIN, 'train', '--config', cfg, '--run-dir', join(work, 'pod'), '--workers', '1', '--stage', 'parti'], { env, timeout: 90_000 });

@@ -308,20 +308,23 @@ export function register(program: Command): void {
       const runDir = resolve(opts.runDir);
       const stage = opts.stage as StageName | undefined;
       // The upsampler trains in this process too (it needs neither the tokenizer nor Parti).
+      const say = (line: string) => process.stderr.write(`${line}\n`);
+      const publishTokenizer = async () => {
+        if (!opts.publishTokenizer) return;
+        const bytes = await (await heavy()).publishStateDir(join(runDir, 'tokenizer'), opts.publishTokenizer);
+        say(`tokenizer: published to ${opts.publishTokenizer} (${(bytes / 2 ** 20).toFixed(1)} MiB, with SHA256SUMS); set training.tokenizerFrom: ${opts.publishTokenizer}`);
+      };
       if (opts.singleProcess || stage === 'upsampler') {
         await (await heavy()).trainPipeline({ config, runDir, steps, stage });
+        await publishTokenizer();
         return;
       }
-      const say = (line: string) => process.stderr.write(`${line}\n`);
       const testModel = config.runtime.testModel;
       if (stage === 'tokenizer' || (stage === undefined && !testModel && !config.training.tokenizerFrom)) {
         // The tokenizer stage trains in this process (it resumes, or says it is already trained).
         await (await heavy()).trainPipeline({ config, runDir, steps, stage: 'tokenizer' });
         if (stage === 'tokenizer') {
-          if (opts.publishTokenizer) {
-            const bytes = await (await heavy()).publishStateDir(join(runDir, 'tokenizer'), opts.publishTokenizer);
-            say(`tokenizer: published to ${opts.publishTokenizer} (${(bytes / 2 ** 20).toFixed(1)} MiB, with SHA256SUMS); set training.tokenizerFrom: ${opts.publishTokenizer}`);
-          }
+          await publishTokenizer();
           return;
         }
       }
