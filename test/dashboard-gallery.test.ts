@@ -132,7 +132,9 @@ test('a real Parti run fills the gallery from its checkpoints; the page shows it
   page.on('pageerror', (err) => errors.push(err.message));
   await page.goto(url, { timeout: 20_000 });
   // The page loads gallery images lazily: bring them into view.
-  await page.locator('#gallery figure.sample').first().scrollIntoViewIfNeeded({ timeout: 20_000 });
+  // (The section, not a sample: the page redraws the samples whenever a new one arrives.)
+  await page.locator('#gallery figure.sample').first().waitFor({ timeout: 20_000 });
+  await page.locator('#gallery').scrollIntoViewIfNeeded({ timeout: 20_000 });
   await page.waitForFunction(
     (n) => {
       // The newest step's samples come first.

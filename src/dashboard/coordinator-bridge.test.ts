@@ -1,7 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { StepSummary } from '../coordinator/coordinator.ts';
-import { busBandwidth, bridgeCoordinator, stepRecordOf, type CoordinatorSource } from './coordinator-bridge.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { busBandwidth, bridgeCoordinator, startCoordinatorDashboard, stepRecordOf, type CoordinatorSource } from './coordinator-bridge.ts';
+import { commitManifest, writeCheckpointObject } from '../storage/checkpoint-commit.ts';
+import { openStore } from '../storage/open-store.ts';
+import { dashboardSchema } from '../config/dashboard-schema.ts';
 import { stepRecordSchema } from './api-schema.ts';
 import { RunStateStore } from './run-state.ts';
 import { createTrainingMetrics } from '../observability/metrics.ts';
@@ -89,5 +95,58 @@ test('the bridge feeds skipped samples by reason and busbw into the store and /m
     assert.match(text, /^parti_allreduce_busbw_bytes_per_second 750000000$/m);
   } finally {
     stop();
+  }
+});
+
+test('a coordinator dashboard lists the checkpoints already in its store, and marks the ones retention deletes', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'parti-bridge-'));
+  const url = join(dir, 'checkpoints');
+  const objects = openStore(url);
+  const commit = async (step: number) => {
+    const ref = await writeCheckpointObject(objects, step, 'params.bin', new Float32Array(step));
+    await commitManifest(objects, { step, worldSize: 2, configHash: 'h', config: {}, cursor: null, rng: null, objects: [ref] }, { keep: 2 });
+  };
+  await commit(10);
+  await commit(20);
+  type Listener = Parameters<CoordinatorSource['subscribe']>[0];
+  const listeners = new Set<Listener>();
+  const source = {
+    opts: { jobId: 'j', configHash: 'h', totalSteps: 100, targetWorkers: 2, minWorkers: 2 },
+    phase: { kind: 'between-steps' },
+    step: 20,
+    epoch: 1,
+    ring: ['a', 'b'],
+    members: new Map(),
+    subscribe(fn: Listener) {
+      listeners.add(fn);
+      return () => listeners.delete(fn);
+    },
+  } as unknown as CoordinatorSource;
+  const dash = await startCoordinatorDashboard(source, dashboardSchema.parse({ port: 0 }), { name: 'j', stage: 'linear-test', checkpointStore: url });
+  try {
+    const until = async (what: string, ok: () => boolean) => {
+      const deadline = Date.now() + 10_000;
+      while (!ok()) {
+        assert.ok(Date.now() < deadline, what);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    await until('the committed checkpoints listed', () => dash.store.checkpoints().length === 2);
+    assert.deepEqual(dash.store.checkpoints().map((c) => [c.step, c.bytes, c.worldSize, c.deleted, c.uri]), [
+      [10, 40, 2, undefined, `${url}/manifests/000000000010.json`],
+      [20, 80, 2, undefined, `${url}/manifests/000000000020.json`],
+    ]);
+    assert.equal(dash.store.job().lastCheckpointStep, 20);
+    assert.deepEqual(dash.store.events(0).events.filter((e) => e.kind === 'checkpoint'), [], 'found, not committed now: no events');
+    // Step 30 commits (keep 2 deletes step 10); the coordinator says so.
+    await commit(30);
+    for (const l of listeners) l({ type: 'event', event: { at: Date.now(), kind: 'checkpoint', message: 'checkpoint of step 30 committed (1 objects)' } });
+    await until('step 10 marked deleted', () => dash.store.checkpoints().some((c) => c.deleted));
+    assert.deepEqual(dash.store.checkpoints().map((c) => [c.step, c.deleted ?? false]), [[10, true], [20, false], [30, false]]);
+    assert.equal(dash.gallery, null, 'the linear test model has no gallery');
+  } finally {
+    await dash.close();
+    await objects.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

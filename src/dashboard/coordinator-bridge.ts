@@ -5,7 +5,7 @@ import type { EventKind, JobState, StepRecord, WorkerInfo } from './api-schema.t
 import { createDashboardServer, dashboardServerOptions, type DashboardServer } from './dashboard-server.ts';
 import { RunStateStore } from './run-state.ts';
 import { manifestKey } from '../storage/checkpoint-manifest.ts';
-import { listCheckpointSteps } from '../storage/checkpoint-load.ts';
+import { listCheckpointSteps, readManifest } from '../storage/checkpoint-load.ts';
 import { openStore } from '../storage/open-store.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { Config } from '../config/schema.ts';
@@ -322,6 +322,8 @@ export async function startCoordinatorDashboard(
   const base = info.checkpointStore?.replace(/\/+$/, '');
   const gallery = galleryFor(store, config, info, metrics);
   const retention = base ? retentionWatch(store, base) : null;
+  // A restarted coordinator (or one serving a finished job) lists what its store already holds.
+  retention?.listCommitted((step) => `${base}/${manifestKey(step)}`);
   const stop = bridgeCoordinator(coordinator, store, {
     ...(base ? { checkpointUri: (step: number) => `${base}/${manifestKey(step)}` } : {}),
     onCheckpoint: (step) => {
@@ -382,13 +384,31 @@ function galleryFor(store: RunStateStore, config: DashboardConfig, info: Coordin
 /**
  * Marks checkpoints deleted once retention (checkpoint.keep) removed them: the commit prunes
  * older manifests before the coordinator reports it, so the store is listed after each commit,
- * one listing at a time.
+ * one listing at a time. `listCommitted` adds those committed before this coordinator started.
  */
-function retentionWatch(store: RunStateStore, url: string): { check(): void; close(): Promise<void> } {
+function retentionWatch(store: RunStateStore, url: string): { listCommitted(uri: (step: number) => string): void; check(): void; close(): Promise<void> } {
   let objects: ObjectStore | null = null;
   let chain: Promise<void> = Promise.resolve();
   let closed = false;
   return {
+    listCommitted(uri) {
+      chain = chain.then(async () => {
+        try {
+          objects ??= openStore(url);
+          for (const step of await listCheckpointSteps(objects)) {
+            if (closed || store.checkpoints().some((c) => c.step === step)) continue;
+            const m = await readManifest(objects, step);
+            const time = Date.parse(m.committedAt);
+            store.addCheckpoint(
+              { step, time: Number.isFinite(time) ? time : Date.now(), uri: uri(step), bytes: m.objects.reduce((n, o) => n + o.size, 0), worldSize: m.worldSize },
+              { found: true },
+            );
+          }
+        } catch (err) {
+          log.warn({ store: url, err: (err as Error).message }, 'dashboard: cannot list the checkpoints already in the store');
+        }
+      });
+    },
     check() {
       chain = chain.then(async () => {
         if (closed) return;

@@ -394,15 +394,23 @@ export class RunStateStore implements RunStateView {
     this.#emit({ type: 'job', job: this.job() });
   }
 
-  /** Adds a committed checkpoint (and its save time to the metrics). */
-  addCheckpoint(checkpoint: CheckpointInfo): void {
+  /**
+   * Adds a committed checkpoint (and its save time to the metrics); one of a step already listed
+   * replaces it. `found: true` lists one committed before this coordinator started (found in the
+   * store): no event, no metric.
+   */
+  addCheckpoint(checkpoint: CheckpointInfo, options: { found?: boolean } = {}): void {
+    const same = this.#checkpoints.findIndex((c) => c.step === checkpoint.step);
+    if (same >= 0) this.#checkpoints.splice(same, 1);
     this.#checkpoints.push({ ...checkpoint });
     this.#checkpoints.sort((a, b) => a.step - b.step);
-    if (checkpoint.saveSeconds !== undefined) this.#metrics?.checkpointSaveSeconds.observe(checkpoint.saveSeconds);
-    const last = this.#checkpoints.at(-1)!;
-    this.#job = { ...this.#job, lastCheckpointStep: last.step, updatedAt: this.#now() };
-    const secs = checkpoint.saveSeconds !== undefined ? ` in ${formatSeconds(checkpoint.saveSeconds)}` : '';
-    this.recordEvent({ kind: 'checkpoint', step: checkpoint.step, message: `checkpoint at step ${checkpoint.step} committed${secs}`, detail: { uri: checkpoint.uri } });
+    const last = this.#checkpoints.filter((c) => !c.deleted).at(-1);
+    this.#job = { ...this.#job, ...(last ? { lastCheckpointStep: last.step } : {}), updatedAt: this.#now() };
+    if (!options.found) {
+      if (checkpoint.saveSeconds !== undefined) this.#metrics?.checkpointSaveSeconds.observe(checkpoint.saveSeconds);
+      const secs = checkpoint.saveSeconds !== undefined ? ` in ${formatSeconds(checkpoint.saveSeconds)}` : '';
+      this.recordEvent({ kind: 'checkpoint', step: checkpoint.step, message: `checkpoint at step ${checkpoint.step} committed${secs}`, detail: { uri: checkpoint.uri } });
+    }
     this.#emit({ type: 'checkpoint', checkpoint: { ...checkpoint } });
     this.#emit({ type: 'job', job: this.job() });
   }
