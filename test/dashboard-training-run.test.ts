@@ -19,7 +19,7 @@ import { LinearModel } from '../src/worker/linear-model.ts';
 import { WorkerRuntime } from '../src/worker/worker-runtime.ts';
 import { dashboardSchema } from '../src/config/dashboard-schema.ts';
 import { startCoordinatorDashboard, type CoordinatorDashboard } from '../src/dashboard/coordinator-bridge.ts';
-import { jobSummarySchema, overviewResponseSchema, workersResponseSchema } from '../src/dashboard/api-schema.ts';
+import { jobSummarySchema, overviewResponseSchema, stepsResponseSchema, workersResponseSchema } from '../src/dashboard/api-schema.ts';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 after(async () => {
@@ -137,6 +137,17 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
   const history = (await (await fetch(`${dash.url}api/history?series=loss`)).json()) as { series: { loss: { value: number[] } } };
   const loss = history.series.loss.value;
   assert.ok(loss.at(-1)! < loss[0]!, `loss ${loss[0]} -> ${loss.at(-1)}`);
+  // Every step with two ranks reports the bytes it all-reduced; busbw is nccl-tests' algbw x 2(N-1)/N
+  // (= algbw with N = 2); the steps with one worker have none (nothing crosses a link).
+  const records = stepsResponseSchema.parse(await (await fetch(`${dash.url}api/steps?limit=100`)).json()).steps;
+  const two = records.filter((r) => r.worldSize === 2);
+  assert.ok(two.length > 0);
+  for (const r of two) {
+    assert.ok(r.allReduceBytes! > 0 && r.allReduceMs! > 0, `step ${r.step}: ${r.allReduceBytes} bytes in ${r.allReduceMs} ms`);
+    assert.ok(Math.abs(r.busBwBytesPerSec! - r.allReduceBytes! / (r.allReduceMs! / 1000)) <= 1e-6 * r.busBwBytesPerSec!, `step ${r.step} busbw`);
+  }
+  for (const r of records.filter((x) => x.worldSize === 1)) assert.equal(r.busBwBytesPerSec, undefined);
+  assert.match(metrics, /^parti_allreduce_busbw_bytes_per_second \d/m);
   const workers = workersResponseSchema.parse(await (await fetch(`${dash.url}api/workers`)).json()).workers;
   assert.deepEqual(workers.map((w) => [w.name, w.rank, w.state]), [['worker-0', 0, 'training'], ['worker-1', undefined, 'left']]);
   await page.screenshot({ path: join('test-artifacts', 'dashboard-training-run-finished.png'), fullPage: true });

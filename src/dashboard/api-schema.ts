@@ -169,8 +169,10 @@ export const checkpointInfoSchema = z.strictObject({
   uri: z.string(),
   /** Bytes of all objects. */
   bytes: z.number().int().min(0).optional(),
-  /** From snapshot to manifest commit, seconds. */
+  /** From snapshot to manifest commit, seconds (uploads run while training goes on). */
   saveSeconds: z.number().min(0).optional(),
+  /** How long training stood still for it: the slowest rank's snapshot to host memory, seconds. */
+  snapshotSeconds: z.number().min(0).optional(),
   worldSize: z.number().int().min(1).optional(),
   /** Deleted after a newer checkpoint committed (kept in the list, greyed out). */
   deleted: z.boolean().optional(),

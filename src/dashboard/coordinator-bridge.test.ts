@@ -29,6 +29,9 @@ function summary(extra: Record<string, unknown> = {}): StepSummary {
     learningRate: 1e-3,
     optimizerStateBytes: [8, 8, 8, 8],
     committedAt: 1_700_000_000_000,
+    allReduceBytes: 0,
+    allReduceOp: 'all-reduce',
+    skippedSamples: {},
     ...extra,
   } as StepSummary;
 }
@@ -140,9 +143,13 @@ test('a coordinator dashboard lists the checkpoints already in its store, and ma
     assert.deepEqual(dash.store.events(0).events.filter((e) => e.kind === 'checkpoint'), [], 'found, not committed now: no events');
     // Step 30 commits (keep 2 deletes step 10); the coordinator says so.
     await commit(30);
-    for (const l of listeners) l({ type: 'event', event: { at: Date.now(), kind: 'checkpoint', message: 'checkpoint of step 30 committed (1 objects)' } });
+    const at = Date.now();
+    const checkpoint = { step: 30, bytes: 120, startedAt: at - 1500, snapshotMs: 12 };
+    for (const l of listeners) l({ type: 'event', event: { at, kind: 'checkpoint', message: 'checkpoint of step 30 committed (1 objects)', checkpoint } });
     await until('step 10 marked deleted', () => dash.store.checkpoints().some((c) => c.deleted));
     assert.deepEqual(dash.store.checkpoints().map((c) => [c.step, c.deleted ?? false]), [[10, true], [20, false], [30, false]]);
+    const c30 = dash.store.checkpoints().at(-1)!;
+    assert.deepEqual([c30.bytes, c30.saveSeconds, c30.snapshotSeconds], [120, 1.5, 0.012]);
     assert.equal(dash.gallery, null, 'the linear test model has no gallery');
   } finally {
     await dash.close();

@@ -17,15 +17,6 @@ import { log } from '../observability/log.ts';
 /** What the bridge reads off a Coordinator: its public fields and its subscribe(). */
 export type CoordinatorSource = Pick<Coordinator, 'opts' | 'phase' | 'step' | 'epoch' | 'ring' | 'members' | 'subscribe'>;
 
-/** What a `checkpoint` event of the coordinator may carry about the committed checkpoint. */
-interface CheckpointEventInfo {
-  step: number;
-  /** Bytes of its objects. */
-  bytes: number;
-  /** When the save started (Unix ms); the commit is the event's `at`. */
-  startedAt: number;
-}
-
 /** Options of {@link bridgeCoordinator}. */
 export interface CoordinatorBridgeOptions {
   /** How often worker rows and the job state are refreshed from the coordinator (default 500 ms). */
@@ -70,19 +61,6 @@ const eventKinds: Record<CoordinatorEvent['kind'], EventKind | null> = {
 };
 
 /**
- * What the runtime adds to StepSummary (src/coordinator/coordinator.ts): read where present, so the
- * bridge works with coordinators that report them and with those that do not yet.
- */
-type StepSummaryExtras = Partial<{
-  /** Bytes of the gradient buffer each rank all-reduced. */
-  allReduceBytes: number;
-  /** 'all-reduce', or 'reduce-scatter' with ZeRO stage 1. */
-  allReduceOp: string;
-  /** New skipped samples during the step, by reason. */
-  skippedSamples: Record<string, number>;
-}>;
-
-/**
  * Bus bandwidth of a collective, bytes per second, as nccl-tests defines it: algbw = bytes / time;
  * all-reduce busbw = algbw x 2(N-1)/N, reduce-scatter (and all-gather) busbw = algbw x (N-1)/N.
  * Undefined with one rank (nothing crosses a link), no bytes or no time.
@@ -99,10 +77,11 @@ export function busBandwidth(bytes: number, ms: number, worldSize: number, op = 
  * the index of the step it committed (0-based); the dashboard counts completed steps, like the
  * coordinator's `step` field and checkpoint steps, so index i is step i + 1.
  */
-export function stepRecordOf(s: StepSummary & StepSummaryExtras): StepRecord {
+export function stepRecordOf(s: StepSummary): StepRecord {
   const seconds = Math.max(s.stepMs, 1e-3) / 1000;
+  // 0 when the ranks did not report it (older workers): no busbw rather than a false one.
   const bytes = s.allReduceBytes;
-  const busBw = bytes !== undefined ? busBandwidth(bytes, s.allReduceMs, s.worldSize, s.allReduceOp) : undefined;
+  const busBw = busBandwidth(bytes, s.allReduceMs, s.worldSize, s.allReduceOp);
   return {
     step: s.step + 1,
     time: s.committedAt,
@@ -113,7 +92,7 @@ export function stepRecordOf(s: StepSummary & StepSummaryExtras): StepRecord {
     lr: s.learningRate,
     ...(Number.isFinite(s.gradNorm) ? { gradNorm: s.gradNorm } : {}),
     allReduceMs: s.allReduceMs,
-    ...(bytes !== undefined && bytes > 0 ? { allReduceBytes: Math.round(bytes) } : {}),
+    ...(bytes > 0 ? { allReduceBytes: Math.round(bytes) } : {}),
     ...(busBw !== undefined ? { busBwBytesPerSec: busBw } : {}),
     worldSize: s.worldSize,
     ...(s.skipped ? { skipped: true } : {}),
@@ -194,7 +173,7 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
         }
       }
       store.recordStep(stepRecordOf(e.step));
-      const skipped = (e.step as StepSummary & StepSummaryExtras).skippedSamples;
+      const skipped = e.step.skippedSamples;
       if (skipped && Object.keys(skipped).length > 0) store.recordSkippedSampleCounts(skipped, e.step.step + 1);
       sync();
       return;
@@ -208,11 +187,10 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
       store.recordRecovery(ev.message, coordinator.step);
       troubled = false;
     } else if (ev.kind === 'checkpoint') {
-      // Saves may run in the background while training goes on: the event's own `checkpoint`
-      // (when the coordinator sends it) or its message names the step; a synchronous save still
-      // holds its step and objects in the phase.
+      // Saves run in the background while training goes on: the event's own `checkpoint` names
+      // the step (its message too, for events without it); the phase has moved on.
       const p = coordinator.phase;
-      const info = (ev as { checkpoint?: CheckpointEventInfo }).checkpoint;
+      const info = ev.checkpoint;
       const named = /checkpoint of step (\d+)/.exec(ev.message);
       const step = info?.step ?? (p.kind === 'checkpointing' ? p.step : named ? Number(named[1]) : coordinator.step);
       const started = info?.startedAt ?? checkpointStarts.get(step);
@@ -225,6 +203,7 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
         worldSize: Math.max(1, coordinator.ring.length),
         ...(bytes !== undefined ? { bytes } : {}),
         ...(started !== undefined ? { saveSeconds: Math.max(0, ev.at - started) / 1000 } : {}),
+        ...(info ? { snapshotSeconds: info.snapshotMs / 1000 } : {}),
       });
       options.onCheckpoint?.(step);
     } else if (ev.kind === 'reform') {

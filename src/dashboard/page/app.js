@@ -124,7 +124,12 @@ function renderCheckpoints() {
         el('td', { class: 'num', text: c.step }),
         el('td', { text: dateTime(c.time) }),
         el('td', { class: 'num', text: bytes(c.bytes) }),
-        el('td', { class: 'num', text: c.saveSeconds !== undefined ? duration(c.saveSeconds * 1000) : '–' }),
+        el('td', {
+          class: 'num',
+          text: c.saveSeconds !== undefined ? duration(c.saveSeconds * 1000) : '–',
+          // Uploads run while training goes on; the snapshot is what training waited for.
+          title: c.snapshotSeconds !== undefined ? `training paused ${duration(c.snapshotSeconds * 1000)} for the snapshot` : '',
+        }),
         el('td', { class: 'mono ellipsis', title: c.uri, text: c.deleted ? `${c.uri} (deleted)` : c.uri }),
       ),
     ),
