@@ -4,6 +4,8 @@
 // committed checkpoints of steps 4, 8, ... with the run's image tokenizer. The API serves the
 // items (the PNGs decode, the prompts match, one attention map per prompt character), /metrics
 // counts them, retention shows as deleted checkpoints, and headless Chromium shows the samples.
+// The data are a shard set with two bad samples (an undecodable image, a caption too long): the
+// workers' step reports count them by reason and the dashboard shows them (API, /metrics, page).
 // SIGTERM then checkpoints and stops the job cleanly.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +20,9 @@ import { createOptimizer } from '../src/model/optimizer.ts';
 import { VitVqgan } from '../src/model/vit-vqgan.ts';
 import { checkpointsResponseSchema, galleryResponseSchema, overviewResponseSchema } from '../src/dashboard/api-schema.ts';
 import { Cluster } from './orchestration-harness.ts';
+import { ShardSetWriter } from '../src/data/shard-writer.ts';
+import { openStore } from '../src/storage/open-store.ts';
+import { skippedResponseSchema } from '../src/dashboard/api-schema.ts';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 after(async () => {
@@ -37,11 +42,26 @@ async function until<T>(what: string, ms: number, probe: () => Promise<T | undef
   }
 }
 
-test('a real Parti run fills the gallery from its checkpoints; the page shows it', { timeout: 150_000 }, async (t) => {
+test('a real Parti run fills the gallery from its checkpoints and counts its bad samples; the page shows both', { timeout: 150_000 }, async (t) => {
   const t0 = Date.now();
   const mark = (what: string) => t.diagnostic(`${what} at ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   const cluster = new Cluster('dash-gallery');
   cleanups.push(() => cluster.killAll());
+  // 30 good 16x16 samples and two bad ones, in two shards.
+  const shardStore = openStore(join(cluster.dir, 'shards'));
+  const writer = new ShardSetWriter(shardStore, { prefix: 'train', shardSize: 16 });
+  const colours: [string, number[]][] = [['red', [220, 30, 30]], ['green', [30, 200, 60]], ['blue', [30, 60, 220]]];
+  for (let i = 0; i < 32; i++) {
+    const [name, rgb] = colours[i % 3]!;
+    const png = new PNG({ width: 16, height: 16 });
+    for (let p = 0; p < 256; p++) png.data.set([...rgb, 255], p * 4);
+    let files = [{ ext: 'png', data: PNG.sync.write(png) }, { ext: 'txt', data: Buffer.from(`a ${name} square`) }];
+    if (i === 5) files = [{ ext: 'png', data: Buffer.from('not a png at all') }, files[1]!];
+    if (i === 21) files = [files[0]!, { ext: 'txt', data: Buffer.from(`a ${'very '.repeat(20)}long caption`) }];
+    await writer.add({ key: `s${i}`, files });
+  }
+  const shards = await writer.finish();
+  await shardStore.close();
   const raw = {
     name: 'gallery',
     model: {
@@ -49,7 +69,7 @@ test('a real Parti run fills the gallery from its checkpoints; the page shows it
       image: { layers: 1, dModel: 16, heads: 2 },
       tokenizer: { imageSize: 16, patchSize: 4, encoder: { layers: 1, dModel: 16, heads: 2 }, decoder: { layers: 1, dModel: 16, heads: 2 }, codebookSize: 16, codeDim: 4 },
     },
-    data: { synthetic: { samples: 4096, seed: 0 } },
+    data: { source: shards.url, maxCaptionBytes: 64 },
     training: {
       seed: 1,
       tokenizer: { steps: 1, batchSize: 4, optimizer: { type: 'adamw', lr: 0.001 } },
@@ -115,6 +135,14 @@ test('a real Parti run fills the gallery from its checkpoints; the page shows it
   assert.ok(Math.max(...deleted) < Math.min(...kept), `deleted ${deleted} are older than kept ${kept}`);
   assert.equal(deleted[0], 2, 'the first checkpoint went first');
 
+  // The bad samples, counted by reason from the step reports (each epoch meets them again).
+  const skipped = await until('skipped samples of both reasons', 30_000, async () => {
+    const k = skippedResponseSchema.parse(await (await fetch(`${url}api/skipped`)).json());
+    return k.samples['undecodable-image'] && k.samples['caption-too-long'] ? k : undefined;
+  });
+  assert.deepEqual(Object.keys(skipped.samples).sort(), ['caption-too-long', 'undecodable-image']);
+  const counted = await (await fetch(`${url}metrics`)).text();
+  assert.ok(Number(/^parti_skipped_samples_total\{reason="undecodable-image"\} (\d+)$/m.exec(counted)?.[1]) >= 1);
   mark('API checked');
   // The page shows the samples with their prompts.
   const profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
@@ -148,6 +176,10 @@ test('a real Parti run fills the gallery from its checkpoints; the page shows it
   for (const p of PROMPTS) assert.ok(captions.includes(p), `the page shows "${p}": ${captions}`);
   assert.ok((await page.locator('#gallery figure.sample .attn img').count()) >= PROMPTS.join('').length);
   await page.waitForFunction(() => document.querySelectorAll('#checkpoints tbody tr.gone').length > 0, null, { timeout: 20_000 });
+  // The skipped-sample reasons and their events.
+  const chips = await page.locator('#skipped-reasons .chip').allTextContents();
+  assert.ok(chips.some((c) => /undecodable-image/.test(c)) && chips.some((c) => /caption-too-long/.test(c)), String(chips));
+  await page.locator('#events li[data-kind="skipped-sample"]').first().waitFor({ timeout: 10_000 });
   mkdirSync('test-artifacts', { recursive: true });
   await page.screenshot({ path: join('test-artifacts', 'dashboard-gallery.png'), fullPage: true });
   const overview = overviewResponseSchema.parse(await (await fetch(`${url}api/overview`)).json());
