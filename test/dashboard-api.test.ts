@@ -357,8 +357,8 @@ test('the token comes from the config, a token file or an environment variable',
 });
 
 test('live-update streams are capped (503 with Retry-After beyond maxStreams) and closed ones free their place', { timeout: 20_000 }, async () => {
-  const { store } = populated();
-  const s = await start({ view: store, maxStreams: 2 });
+  const { store, metrics } = populated();
+  const s = await start({ view: store, maxStreams: 2, registry: metrics.registry, metrics });
   const open = async () => {
     const controller = new AbortController();
     const res = await fetch(`${s.url}api/stream`, { signal: controller.signal });
@@ -379,6 +379,9 @@ test('live-update streams are capped (503 with Retry-After beyond maxStreams) an
   assert.equal(refused.status, 503);
   assert.equal(refused.headers.get('retry-after'), '10');
   assert.match(errorResponseSchema.parse(await refused.json()).error, /too many live-update streams: 2 open, at most 2 \(dashboard\.maxStreams\)/);
+  const counted = await (await fetch(`${s.url}metrics`)).text();
+  assert.match(counted, /^parti_dashboard_streams 2$/m);
+  assert.match(counted, /^parti_dashboard_streams_refused_total 1$/m);
   // The rest of the API is not limited.
   assert.equal((await fetch(`${s.url}api/job`)).status, 200);
   // A client that goes away frees its place; updates go on reaching the others.
@@ -401,6 +404,7 @@ test('live-update streams are capped (503 with Retry-After beyond maxStreams) an
   for (const x of [b, c]) x.controller.abort();
   await reader.cancel().catch(() => {});
   await waitStreams(0);
+  assert.match(await (await fetch(`${s.url}metrics`)).text(), /^parti_dashboard_streams 0$/m);
   assert.equal(dashboardSchema.parse({}).maxStreams, 32);
   assert.equal(dashboardServerOptions(dashboardSchema.parse({ maxStreams: 5 }), { view: store }).maxStreams, 5);
 });

@@ -44,6 +44,8 @@ export interface DashboardServerOptions {
   sseKeepAliveMs?: number;
   /** Live-update streams served at once (default 32); one more is answered 503 with Retry-After. */
   maxStreams?: number;
+  /** Counts open and refused streams (`parti_dashboard_streams*`), when given. */
+  metrics?: Pick<TrainingMetrics, 'dashboardStreams' | 'dashboardStreamsRefusedTotal'>;
 }
 
 /** A running dashboard server. */
@@ -74,7 +76,7 @@ export function dashboardServerOptions(
     historyPoints: config.historyPoints,
     maxStreams: config.maxStreams,
     ...(token !== undefined ? { token } : {}),
-    ...(parts.metrics ? { registry: parts.metrics.registry } : {}),
+    ...(parts.metrics ? { registry: parts.metrics.registry, metrics: parts.metrics } : {}),
   };
 }
 
@@ -286,6 +288,7 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
   function openStream(req: IncomingMessage, res: ServerResponse): void {
     if (streams.size >= maxStreams) {
       trace('stream refused', { streams: streams.size });
+      options.metrics?.dashboardStreamsRefusedTotal.inc();
       throw new HttpError(
         503,
         `too many live-update streams: ${streams.size} open, at most ${maxStreams} (dashboard.maxStreams); close another dashboard tab or retry later`,
@@ -300,6 +303,7 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
     });
     res.write('retry: 3000\n\n');
     streams.add(res);
+    options.metrics?.dashboardStreams.set(streams.size);
     const unsubscribe = view.subscribe((update: LiveUpdate) => {
       // A client that cannot keep up is dropped; it reconnects and reloads the overview.
       if (res.writableLength > 4 * 1024 * 1024) {
@@ -315,7 +319,10 @@ export async function createDashboardServer(options: DashboardServerOptions): Pr
     const done = () => {
       clearInterval(keepAlive);
       unsubscribe();
-      if (streams.delete(res)) trace('stream closed', { streams: streams.size });
+      if (streams.delete(res)) {
+        options.metrics?.dashboardStreams.set(streams.size);
+        trace('stream closed', { streams: streams.size });
+      }
     };
     req.on('close', done);
     res.on('close', done);

@@ -51,6 +51,10 @@ export interface TrainingMetrics {
   readonly galleryGenerationsTotal: Counter<'result'>;
   /** Time to generate the gallery samples of one checkpoint (load, sample, render), seconds. */
   readonly galleryGenerationSeconds: Histogram;
+  /** Dashboard live-update streams (Server-Sent Events, one per open page) open now. */
+  readonly dashboardStreams: Gauge;
+  /** Live-update streams refused because `dashboard.maxStreams` were open. */
+  readonly dashboardStreamsRefusedTotal: Counter;
 }
 
 /** Options of {@link createTrainingMetrics}. */
@@ -147,6 +151,12 @@ export function createTrainingMetrics(options: TrainingMetricsOptions = {}): Tra
       name: 'parti_gallery_generation_seconds',
       help: 'Time to generate the gallery samples of one checkpoint, seconds.',
       buckets: checkpointBuckets,
+      registers,
+    }),
+    dashboardStreams: new Gauge({ name: 'parti_dashboard_streams', help: 'Dashboard live-update streams (SSE clients) open now.', registers }),
+    dashboardStreamsRefusedTotal: new Counter({
+      name: 'parti_dashboard_streams_refused_total',
+      help: 'Dashboard live-update streams refused because dashboard.maxStreams were open.',
       registers,
     }),
   };
