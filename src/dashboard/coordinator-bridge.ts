@@ -205,7 +205,12 @@ export function bridgeCoordinator(coordinator: CoordinatorSource, store: RunStat
         ...(started !== undefined ? { saveSeconds: Math.max(0, ev.at - started) / 1000 } : {}),
         ...(info ? { snapshotSeconds: info.snapshotMs / 1000 } : {}),
       });
-      options.onCheckpoint?.(step);
+      try {
+        options.onCheckpoint?.(step);
+      } catch (err) {
+        // Never into the coordinator's loop: the dashboard's extras are not worth a job.
+        log.warn({ step, err: (err as Error).message }, 'dashboard: checkpoint hook failed');
+      }
     } else if (ev.kind === 'reform') {
       store.recordEvent({ kind: 'job', message: ev.message, time: ev.at, step: coordinator.step });
     } else if (kind) {
