@@ -19,7 +19,7 @@ import { openStore } from '../src/storage/open-store.ts';
 import { listCheckpointSteps, loadCheckpoint } from '../src/storage/checkpoint-load.ts';
 
 const SAMPLES = 240;
-const STEPS = 80;
+const STEPS = 70;
 const KILLS = 20;
 const cluster = new Cluster('job-kill');
 const config = linearConfig(
@@ -78,12 +78,12 @@ function uncommittedSteps(runDir: string): number[] {
 }
 
 /** Waits for `until` (polling), failing after `ms` or when `child` exits first. */
-async function waitUntil(until: () => boolean, ms: number, what: string, child?: Child): Promise<void> {
+async function waitUntil(until: () => boolean, ms: number, what: string, child?: Child, pollMs = 50): Promise<void> {
   const deadline = Date.now() + ms;
   while (!until()) {
     if (child && (child.proc.exitCode !== null || child.proc.signalCode !== null)) throw new Error(`${child.name} exited (${child.proc.exitCode ?? child.proc.signalCode}) before ${what}`);
     if (Date.now() > deadline) throw new Error(`no ${what} within ${ms} ms (see ${cluster.dir})`);
-    await sleep(50);
+    await sleep(pollMs);
   }
 }
 
@@ -133,9 +133,12 @@ test(`the whole job SIGKILLed ${KILLS} times while checkpoints upload: latest al
   for (let k = 0; k < KILLS; k++) {
     const before = manifestSteps(runDir).at(-1) ?? -1;
     const launcher = train(runDir, `train-${k}`);
-    // training goes on (a new commit), so checkpoints of every step are uploading: kill in the middle
+    // training goes on (a new commit); then kill at a random moment once the next upload is seen
+    // in flight (objects of a step without a manifest), so that every run progresses by a few steps
+    // whatever the machine's speed
     await waitUntil(() => (manifestSteps(runDir).at(-1) ?? -1) > before, 90_000, `new checkpoint after step ${before} (run ${k})`, launcher);
-    await sleep(random() * 400);
+    await waitUntil(() => uncommittedSteps(runDir).length > 0, 30_000, `a checkpoint upload in flight (run ${k})`, launcher, 5);
+    await sleep(random() * 50);
     const pids = [launcher.proc.pid!, ...childPids(launcher.proc.pid!)];
     for (const pid of pids) {
       try {
