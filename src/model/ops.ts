@@ -61,6 +61,8 @@ interface WasmInternals {
 const SLICED_MATMUL = 'PartiSlicedBatchMatMul';
 const COLUMN_SUM = 'PartiColumnSum';
 const TRANSPOSE_2D = 'PartiTranspose2D';
+const HEAD_SPLIT = 'PartiHeadSplit';
+const HEAD_MERGE = 'PartiHeadMerge';
 let slicedState: { raw: (...a: number[]) => void; shapes: number } | null | undefined;
 
 function heapOffset(be: WasmInternals, t: tf.TensorInfo): number {
@@ -162,6 +164,119 @@ function sharedIdentityKernel(args: { inputs: tf.NamedTensorInfoMap; backend: un
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
 
+/** Attributes of the head-split kernels: rows [B*T], `parts` column blocks of H heads of dh. */
+interface HeadSplitAttrs {
+  B: number;
+  T: number;
+  H: number;
+  /** Per column block: true writes it keys-transposed [B*H, dh, T], false [B*H, T, dh]. */
+  transposed: boolean[];
+}
+
+/**
+ * x [B*T, P*H*dh] (P column blocks, e.g. q|k|v) -> P head-split tensors, each [B*H, T, dh] or
+ * keys-transposed [B*H, dh, T], in one pass over x (replaces a SplitV, which copies along the
+ * minor axis slowly on wasm, and one transpose per block).
+ */
+function headSplitKernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): tf.TensorInfo[] {
+  const be = args.backend as WasmInternals;
+  const x = args.inputs.x!;
+  const { B, T, H, transposed } = args.attrs as unknown as HeadSplitAttrs;
+  const P = transposed.length;
+  const W = x.shape[1]!;
+  const D = W / P;
+  const dh = D / H;
+  const outs = transposed.map((tr) => be.makeOutput(tr ? [B * H, dh, T] : [B * H, T, dh], 'float32'));
+  const heap = new Float32Array(be.wasm.HEAPU8.buffer);
+  const xi = heapOffset(be, x) >> 2;
+  for (let p = 0; p < P; p++) {
+    const oi = heapOffset(be, outs[p]!) >> 2;
+    const tr = transposed[p]!;
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        const src = xi + (b * T + t) * W + p * D;
+        for (let h = 0; h < H; h++) {
+          const s0 = src + h * dh;
+          if (tr) {
+            const d0 = oi + (b * H + h) * dh * T + t;
+            for (let d = 0; d < dh; d++) heap[d0 + d * T] = heap[s0 + d]!;
+          } else {
+            const d0 = oi + ((b * H + h) * T + t) * dh;
+            for (let d = 0; d < dh; d++) heap[d0 + d] = heap[s0 + d]!;
+          }
+        }
+      }
+    }
+  }
+  return outs;
+}
+
+/** The inverse of `headSplitKernel` (its gradient): P head-split tensors -> [B*T, P*H*dh]. */
+function headMergeKernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): tf.TensorInfo {
+  const be = args.backend as WasmInternals;
+  const { B, T, H, transposed } = args.attrs as unknown as HeadSplitAttrs;
+  const P = transposed.length;
+  const parts = transposed.map((_, p) => args.inputs[`x${p}`]!);
+  const dh = transposed[0] ? parts[0]!.shape[1]! : parts[0]!.shape[2]!;
+  const D = H * dh;
+  const W = P * D;
+  const out = be.makeOutput([B * T, W], 'float32');
+  const heap = new Float32Array(be.wasm.HEAPU8.buffer);
+  const oi = heapOffset(be, out) >> 2;
+  for (let p = 0; p < P; p++) {
+    const xi = heapOffset(be, parts[p]!) >> 2;
+    const tr = transposed[p]!;
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        const dst = oi + (b * T + t) * W + p * D;
+        for (let h = 0; h < H; h++) {
+          const d1 = dst + h * dh;
+          if (tr) {
+            const s0 = xi + (b * H + h) * dh * T + t;
+            for (let d = 0; d < dh; d++) heap[d1 + d] = heap[s0 + d * T]!;
+          } else {
+            const s0 = xi + ((b * H + h) * T + t) * dh;
+            for (let d = 0; d < dh; d++) heap[d1 + d] = heap[s0 + d]!;
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** The gradient of the head split: merge the output gradients back (zeros for unused outputs). */
+function headSplitGrad(dy: tf.Tensor | tf.Tensor[], _saved: tf.Tensor[], attrs: tf.NamedAttrMap) {
+  const a = attrs as unknown as HeadSplitAttrs & { dh: number };
+  const list = Array.isArray(dy) ? dy : [dy];
+  const inputs: Record<string, tf.Tensor> = {};
+  a.transposed.forEach((tr, p) => {
+    inputs[`x${p}`] = list[p] ?? tf.zeros(tr ? [a.B * a.H, a.dh, a.T] : [a.B * a.H, a.T, a.dh]);
+  });
+  return { x: () => tf.engine().runKernel(HEAD_MERGE, inputs, attrs) as tf.Tensor };
+}
+
+/**
+ * Splits x [B*T, P*H*dh] into P head-split tensors: [B*H, T, dh], or [B*H, dh, T] where
+ * `transposed[p]` (keys ready for an NN product with the queries).
+ */
+export function splitHeadBlocks(x: tf.Tensor, B: number, T: number, H: number, transposed: boolean[]): tf.Tensor3D[] {
+  const P = transposed.length;
+  const D = x.shape[1]! / P;
+  const dh = D / H;
+  if (onWasm() && x.dtype === 'float32' && B * T > 0 && wasmKernelsUsable()) {
+    const attrs = { B, T, H, dh, transposed } as unknown as tf.NamedAttrMap;
+    return tf.engine().runKernel(HEAD_SPLIT, { x }, attrs) as unknown as tf.Tensor3D[];
+  }
+  const blocks = P === 1 ? [x] : tf.split(x, P, 1);
+  return blocks.map((blk, p) => {
+    const x4 = tf.reshape(blk, [B, T, H, dh]);
+    return transposed[p]
+      ? (tf.reshape(tf.transpose(x4, [0, 2, 3, 1]), [B * H, dh, T]) as tf.Tensor3D)
+      : (tf.reshape(tf.transpose(x4, [0, 2, 1, 3]), [B * H, T, dh]) as tf.Tensor3D);
+  });
+}
+
 /** Registers the kernels above once, if this wasm backend has the internals they need. */
 function wasmKernelsUsable(): boolean {
   if (slicedState !== undefined) return slicedState !== null;
@@ -175,10 +290,13 @@ function wasmKernelsUsable(): boolean {
     [SLICED_MATMUL, slicedKernel],
     [COLUMN_SUM, columnSumKernel],
     [TRANSPOSE_2D, transpose2DKernel],
+    [HEAD_SPLIT, headSplitKernel as unknown as (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }) => tf.TensorInfo],
+    [HEAD_MERGE, headMergeKernel as unknown as (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }) => tf.TensorInfo],
   ];
   for (const [kernelName, kernelFunc] of kernels) {
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   }
+  tf.registerGradient({ kernelName: HEAD_SPLIT, gradFunc: headSplitGrad as unknown as tf.GradFunc });
   tf.unregisterKernel('Identity', 'wasm');
   tf.registerKernel({ kernelName: 'Identity', backendName: 'wasm', kernelFunc: sharedIdentityKernel as unknown as tf.KernelFunc });
   return true;

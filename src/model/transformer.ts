@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { batchMatmul, gelu, layerNorm, linear } from './ops.ts';
+import { batchMatmul, gelu, layerNorm, linear, splitHeadBlocks } from './ops.ts';
 import { hashInts, hashName } from './rng.ts';
 import { param, type LayoutBuilder, type ParamTensors } from './param-layout.ts';
 
@@ -167,15 +167,15 @@ function mlp(p: ParamTensors, prefix: string, x: tf.Tensor): tf.Tensor2D {
 /** Projects x [B*T, D] to head-split query, keys and values of a block's self-attention. */
 export function selfProjections(p: ParamTensors, prefix: string, xn: tf.Tensor, B: number, T: number, H: number) {
   const qkv = linear(xn, param(p, `${prefix}.attn.wqkv`), param(p, `${prefix}.attn.bqkv`));
-  const [q, k, v] = tf.split(qkv, 3, 1);
-  return { q: splitHeads(q!, B, T, H), kv: { kT: splitHeadsTransposed(k!, B, T, H), v: splitHeads(v!, B, T, H) } };
+  const [q, kT, v] = splitHeadBlocks(qkv, B, T, H, [false, true, false]);
+  return { q: q!, kv: { kT: kT!, v: v! } };
 }
 
 /** Keys and values of a block's cross-attention over a memory [B*S, Dm]; compute once per caption. */
 export function crossKeysValues(p: ParamTensors, prefix: string, memory: tf.Tensor, B: number, S: number, H: number): KeysValues {
   const kv = linear(memory, param(p, `${prefix}.xattn.wkv`), param(p, `${prefix}.xattn.bkv`));
-  const [k, v] = tf.split(kv, 2, 1);
-  return { kT: splitHeadsTransposed(k!, B, S, H), v: splitHeads(v!, B, S, H) };
+  const [kT, v] = splitHeadBlocks(kv, B, S, H, [true, false]);
+  return { kT: kT!, v: v! };
 }
 
 /** Options of one block's forward. */
@@ -223,8 +223,8 @@ export function block(p: ParamTensors, prefix: string, x: tf.Tensor, o: BlockInp
   let crossProbs: tf.Tensor4D | undefined;
   if (o.cross) {
     const hn = layerNorm(h, param(p, `${prefix}.lnx.g`), param(p, `${prefix}.lnx.b`));
-    const q = splitHeads(linear(hn, param(p, `${prefix}.xattn.wq`), param(p, `${prefix}.xattn.bq`)), B, T, H);
-    const c = attend(q, o.cross, B, H, o.crossBias ?? null);
+    const [q] = splitHeadBlocks(linear(hn, param(p, `${prefix}.xattn.wq`), param(p, `${prefix}.xattn.bq`)), B, T, H, [false]);
+    const c = attend(q!, o.cross, B, H, o.crossBias ?? null);
     if (o.returnCrossAttention) crossProbs = c.probs;
     const crossOut = linear(mergeHeads(c.out, B, T, H), param(p, `${prefix}.xattn.wo`), param(p, `${prefix}.xattn.bo`));
     h = tf.add(h, dropout(crossOut, o.dropout, o.ctx, `${prefix}.xattn`));
