@@ -64,7 +64,7 @@ export function register(program: Command): void {
   const evalCmd = program
     .command('eval')
     .description('Measure a trained run on held-out data: token loss, tokenizer PSNR and codebook use, and with the probe prompt agreement, FID and CAS. Writes report.json and index.html.')
-    .option('--checkpoint <run>', 'run directory or URL written by parti train')
+    .option('--checkpoint <run>', 'run directory written by parti train, or the checkpoint store of a cluster job (a path, file:// or s3:// URL; RUN@STEP for a committed step)')
     .option('--data <url>', 'folder with train and heldout shard sets (parti data synth), or training shards with --held-out')
     .option('--held-out <url>', 'held-out shard set (default: the heldout set beside --data)')
     .option('--probe <dir>', 'probe made by parti eval train-probe (default: <out>/probe, trained now when missing)')

@@ -20,7 +20,7 @@ export function register(program: Command): void {
   exp
     .command('onnx')
     .description('Write the ONNX graphs of a trained run (text encoder, image decoder prefill/step, ViT-VQGAN decoder) and parti-onnx.json.')
-    .requiredOption('--checkpoint <run>', 'run directory written by parti train (a path, file:// or s3:// URL)')
+    .requiredOption('--checkpoint <run>', 'run directory written by parti train, or the checkpoint store of a cluster job (a path, file:// or s3:// URL; RUN@STEP for a committed step)')
     .requiredOption('--out <dir>', 'directory to write the graphs into')
     .option('--verify', 'run every graph in onnxruntime-node and compare with tfjs on random inputs (max abs diff <= 1e-4)')
     .option('--external-threshold <bytes>', 'weights of at least this many bytes go to external data files', String(1 << 20))

@@ -117,7 +117,7 @@ export function register(program: Command): void {
     .command('generate')
     .description('Generate images from a trained run (cached sampling, classifier-free guidance, reranking).')
     .argument('[prompt]', 'the prompt (an empty string generates unconditionally)')
-    .requiredOption('--checkpoint <run>', 'run directory written by parti train (a path, file:// or s3:// URL)')
+    .requiredOption('--checkpoint <run>', 'run directory written by parti train, or the checkpoint store of a cluster job (a path, file:// or s3:// URL; RUN@STEP for a committed step)')
     .requiredOption('--out <path>', 'grid PNG to write (one prompt), or a directory (with --prompts)')
     .option('--prompts <file>', 'a text file with one prompt per line, or a TSV with a Prompt column')
     .option('--samples <n>', 'images per prompt', '4')
