@@ -2,7 +2,9 @@
 // objects) and no final run files. A real `parti coordinator` and `parti worker` train a very small
 // Parti model with a checkpoint every 2 steps; generate then reads the newest committed checkpoint
 // of the run directory (config from its manifest), a named one (`@STEP`), and, with the newest one
-// corrupted, falls back to the one before; a store without a tokenizer is a one-line error.
+// corrupted, falls back to the one before; a store without a tokenizer is a one-line error. On S3
+// (s3rver): checkpoints at checkpoint.url and the tokenizer published at training.tokenizerFrom, read
+// by generate and by the dashboard's gallery.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,6 +19,7 @@ import { manifestKey, stepPrefix } from '../src/storage/checkpoint-manifest.ts';
 import { Cluster } from './orchestration-harness.ts';
 import { startS3rver } from './helpers/s3rver.ts';
 import { publishStateDir } from '../src/storage/published-state.ts';
+import { galleryResponseSchema } from '../src/dashboard/api-schema.ts';
 import { runParti, userLines } from './helpers/parti-cli.ts';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
@@ -137,10 +140,24 @@ test('generate reads a cluster job from S3: checkpoints at checkpoint.url, the t
     extra: {},
   });
   await publishStateDir(tokDir, tokUrl);
+  // The dashboard's gallery samples the committed checkpoints with the published tokenizer too.
+  raw.dashboard = { port: 0, gallery: { prompts: ['a red circle'], everySteps: 2 } };
   const cfg = cluster.config('committed-s3', raw);
-  const coordinator = await cluster.coordinator(cfg);
+  const coordinator = await cluster.coordinator(cfg, ['--when-finished', 'serve']);
+  const url = (await coordinator.waitFor(/^dashboard: (http:\S+)$/, 10_000))[1]!;
   const worker = cluster.worker(cfg, coordinator.address, 'w0');
   assert.equal(await worker.exited, 0, 'the worker ends with the job');
+  const deadline = Date.now() + 90_000;
+  let items: { step: number; prompt: string }[] = [];
+  while (items.length === 0) {
+    assert.ok(Date.now() < deadline, 'gallery items within 90 s');
+    items = galleryResponseSchema.parse(await (await fetch(`${url}api/gallery`)).json()).items;
+    if (items.length === 0) await new Promise((r) => setTimeout(r, 300));
+  }
+  assert.equal(items[0]!.prompt, 'a red circle');
+  const events = await (await fetch(`${url}api/events`)).text();
+  assert.ok(!/gallery off|gallery.*failed/.test(events), events.slice(0, 2000));
+  coordinator.proc.kill('SIGTERM');
   assert.equal(await coordinator.exited, 0);
 
   const ckpt = await loadGenerationCheckpoint(runUrl);

@@ -10,7 +10,7 @@ import { openStore } from '../storage/open-store.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { Config } from '../config/schema.ts';
 import { GalleryGenerator } from './gallery-generator.ts';
-import { galleryTokenizerDir, galleryTokenizerExists } from './gallery-source.ts';
+import { galleryTokenizerAvailable, galleryTokenizerDir } from './gallery-source.ts';
 import { PartiError } from '../errors.ts';
 import { log } from '../observability/log.ts';
 
@@ -343,7 +343,7 @@ function galleryFor(store: RunStateStore, config: DashboardConfig, info: Coordin
   const { config: jobConfig, runDir } = info.generation;
   const why = !info.checkpointStore
     ? 'the job writes no checkpoints'
-    : !galleryTokenizerExists(galleryTokenizerDir(jobConfig, runDir))
+    : !galleryTokenizerAvailable(jobConfig, galleryTokenizerDir(jobConfig, runDir))
       ? `no trained image tokenizer in ${galleryTokenizerDir(jobConfig, runDir)}`
       : null;
   if (why) {

@@ -3,6 +3,7 @@
  * as PNGs, with their cross-attention maps. Pure of threads and messages (gallery-thread.ts runs
  * it on its own thread), so a test can call it in-process.
  */
+import { fetchPublishedState, isStoreUrl } from '../storage/published-state.ts';
 import { PartiError } from '../errors.ts';
 import { crossAttentionMaps, textTokenLabel } from '../generate/attention-maps.ts';
 import { Generator } from '../generate/generator.ts';
@@ -63,6 +64,9 @@ export class GallerySampler {
     const { config, tokenizerDir } = this.source;
     await initBackend(config.runtime.backend);
     if (!this.#tokenizer) {
+      // A tokenizer published to a store (a cluster job) is fetched and verified first.
+      const from = config.training.tokenizerFrom;
+      if (from && isStoreUrl(from)) await fetchPublishedState(from, tokenizerDir);
       const state = await loadTrainingState(tokenizerDir, vqganLayout(config.model.tokenizer));
       if (!state) throw new PartiError('checkpoint', `${tokenizerDir}: no trained image tokenizer (checkpoint.json missing)`);
       this.#tokenizer = state.params;

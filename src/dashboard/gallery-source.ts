@@ -6,12 +6,18 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
+import { isStoreUrl } from '../storage/published-state.ts';
 
-/** Where a run's trained image tokenizer is: `training.tokenizerFrom` (a run or a tokenizer folder), else `<run dir>/tokenizer` (as the workers find it). */
-export function galleryTokenizerDir(config: Config, runDir: string): string {
+export { tokenizerDir as galleryTokenizerDir } from '../worker/tokenizer-source.ts';
+
+/**
+ * Whether the gallery can count on a trained tokenizer: one published at a URL
+ * (training.tokenizerFrom = s3:// or file://) is fetched and verified by the gallery thread, so it
+ * counts as there; otherwise its folder must hold one.
+ */
+export function galleryTokenizerAvailable(config: Config, dir: string): boolean {
   const from = config.training.tokenizerFrom;
-  if (!from) return join(runDir, 'tokenizer');
-  return existsSync(join(from, 'tokenizer', 'checkpoint.json')) ? join(from, 'tokenizer') : from;
+  return (from !== undefined && isStoreUrl(from)) || galleryTokenizerExists(dir);
 }
 
 /** Whether a trained tokenizer is there to decode image tokens with. */
