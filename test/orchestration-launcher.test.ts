@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Cluster, linearConfig } from './orchestration-harness.ts';
 
@@ -73,5 +74,35 @@ test('parti train --workers 2: a dead worker is restarted; SIGINT checkpoints an
       }
     }
     await cluster.killAll();
+  }
+});
+
+/** A TCP port nothing listens on now. */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+test('parti train fails (exit 2, the worker\'s error) when a worker cannot run its config and the job is stopped', { timeout: 90_000 }, async () => {
+  const cluster = new Cluster('launcher-bad-worker');
+  try {
+    // Two workers on one fixed collective port: the second cannot listen (a usage error, exit 2).
+    const port = await freePort();
+    const cfg = cluster.config('job', linearConfig({ workers: 2, workerPort: port }, { steps: 400, stepDelayMs: 10 }, { dashboard: { enabled: false } }));
+    const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2'], 'launcher');
+    const stderr: string[] = [];
+    launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
+    const code = await Promise.race([launcher.exited, new Promise((r) => setTimeout(r, 60_000, 'no exit within 60 s').unref())]);
+    const text = stderr.join('');
+    assert.match(text, /worker \d failed with a config or usage error \(exit 2; see .*worker-\d\.log\); stopping the job/);
+    // Not reported as a trained job: one line with the worker's own error, exit 2 like the worker.
+    assert.equal(code, 2, text.slice(-2000));
+    assert.match(text, new RegExp(`^parti: worker \\d failed: collective listen 127\\.0\\.0\\.1:${port}: .*\\(see \\S*worker-\\d\\.log\\); the job was stopped$`, 'm'));
+  } finally {
+    await cluster.killAll();
+    rmSync(cluster.dir, { recursive: true, force: true });
   }
 });

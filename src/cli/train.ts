@@ -144,10 +144,20 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
   let address: string | null = null;
   let done = false;
   let restarts = 0;
+  // Why the launcher stopped the job itself (a worker that cannot run): `parti train` then fails
+  // with it instead of reporting the stopped job as trained.
+  let failure: PartiError | null = null;
   const paramsFiles = Array.from({ length: workers }, (_, i) => join(runDir, `parti-final-w${i}.bin`));
   const metrics = join(runDir, 'metrics.jsonl');
   const startWorker = (slot: number, generation: number): void => {
-    const w = start(['worker', '--coordinator', address!, '--config', configFile, '--run-dir', runDir, '--params-out', paramsFiles[slot]!, '--stop-with-parent'], `worker-${slot}${generation ? `-${generation}` : ''}`);
+    const logName = `worker-${slot}${generation ? `-${generation}` : ''}`;
+    const w = start(['worker', '--coordinator', address!, '--config', configFile, '--run-dir', runDir, '--params-out', paramsFiles[slot]!, '--stop-with-parent'], logName);
+    // The worker's own one-line error (`parti: ...`), to repeat when it makes the job stop.
+    let workerError = '';
+    w.stderr!.on('data', (d: Buffer) => {
+      const m = /^parti: (.*)$/m.exec(d.toString());
+      if (m) workerError = m[1]!;
+    });
     // The rules of the worker Job's podFailurePolicy (deploy/k8s): 0 = the job is done; 143 and
     // 75 = it left or was stopped before the end, restarted without counting as a crash; 2 = a
     // bad config or flag, which a restart cannot fix; anything else is a crash, restarted with a limit.
@@ -155,14 +165,17 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
       if (done || stopping > 0 || coordinator.exitCode !== null) return;
       if (code === EXIT_FINISHED) return;
       const how = signal ?? `exit ${code}`;
+      const logFile = join(logDir, `${logName}.log`);
       if (code === 2) {
-        say(`worker ${slot} failed with a config or usage error (exit 2; see ${join(logDir, `worker-${slot}${generation ? `-${generation}` : ''}.log`)}); stopping the job`);
+        say(`worker ${slot} failed with a config or usage error (exit 2; see ${logFile}); stopping the job`);
+        failure ??= new PartiError('config', `worker ${slot} failed${workerError ? `: ${workerError}` : ' with a config or usage error'} (see ${logFile}); the job was stopped`);
         coordinator.kill('SIGINT');
         return;
       }
       const disruption = code !== null && RETRY_EXIT_CODES.includes(code);
       if (!disruption && ++restarts > MAX_RESTARTS) {
         say(`worker ${slot} died (${how}); ${MAX_RESTARTS} restarts already, giving up`);
+        failure ??= new PartiError('internal', `worker ${slot} died (${how}${workerError ? `: ${workerError}` : ''}) after ${MAX_RESTARTS} restarts (see ${logFile}); the job was stopped`);
         coordinator.kill('SIGINT');
         return;
       }
@@ -218,6 +231,7 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
     const deadline = Date.now() + 30_000;
     while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     for (const c of children) c.kill('SIGKILL');
+    if (failure) throw failure;
     if (code !== 0) throw new PartiError('internal', `the coordinator exited with code ${code}${coordinatorError ? `: ${coordinatorError}` : ''} (see ${join(logDir, 'coordinator.log')})`);
     say(`parti: ${formatDuration((Date.now() - started) / 1000)} with ${workers} workers; logs in ${logDir}`);
   } finally {
