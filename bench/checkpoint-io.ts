@@ -140,7 +140,16 @@ async function stall(url: string, storeOptions: OpenStoreOptions, state: ReturnT
   // thread reads it in place, no transfer and no copy to hand it over). The first save also pays
   // for the buffer's first touch (page faults); the second shows the steady state.
   const host = { params: sharedFloats(state.params.length), m: sharedFloats(state.m.length), v: sharedFloats(state.v.length) };
-  for (const save of ['first save (new buffer)', 'second save (buffer reused)']) {
+  // Third: the live state itself in shared memory (as the worker's models keep it): the upload
+  // thread copies it while the step computes; the "optimizer update" at the end of the step waits
+  // for the copy (ticket.copied) before it would change the state.
+  const live = { params: sharedFloats(state.params.length), m: sharedFloats(state.m.length), v: sharedFloats(state.v.length) };
+  live.params.set(state.params);
+  live.m.set(state.m);
+  live.v.set(state.v);
+  let stepNo = 200;
+  for (const save of ['first save (new buffer)', 'second save (buffer reused)', 'live state copied by the upload thread']) {
+    const inThread = save.startsWith('live');
     const writer = new CheckpointWriter({ url, storeOptions, concurrency: 4, transfer: false });
     await writer.start();
     const store = openStore(url, storeOptions);
@@ -154,14 +163,19 @@ async function stall(url: string, storeOptions: OpenStoreOptions, state: ReturnT
     let saving = false;
     for (let i = 0; i < STEPS; i++) {
       let extra = 0;
+      let copied: Promise<void> | null = null;
       if (i === 2) {
         const t0 = performance.now();
-        host.params.set(state.params);
-        host.m.set(state.m);
-        host.v.set(state.v);
-        const objects = snapshotObjects(host, false);
+        if (!inThread) {
+          host.params.set(state.params);
+          host.m.set(state.m);
+          host.v.set(state.v);
+        }
+        const objects = snapshotObjects(inThread ? live : host, false);
         copyMs = performance.now() - t0;
-        const ticket = writer.save(save.startsWith('first') ? 200 : 201, objects)!;
+        const saveStep = stepNo++;
+        const ticket = writer.save(saveStep, objects, { copyInThread: inThread })!;
+        copied = ticket.copied;
         snap = performance.now() - t0;
         handoffMs = snap - copyMs;
         extra = snap;
@@ -169,14 +183,23 @@ async function stall(url: string, storeOptions: OpenStoreOptions, state: ReturnT
         const started = performance.now();
         void ticket.done.then(async (refs) => {
           const c0 = performance.now();
-          await commitManifest(store, manifest(save.startsWith('first') ? 200 : 201, refs), { keep: 2 });
+          await commitManifest(store, manifest(saveStep, refs), { keep: 2 });
           commitMs = performance.now() - c0;
           uploadMs = performance.now() - started;
           saving = false;
         });
       }
       const wasSaving = saving;
-      const ms = (await step()) + extra;
+      let ms = (await step()) + extra;
+      if (copied) {
+        // the update of this step must not change the state before the thread has copied it
+        const w0 = performance.now();
+        await copied;
+        const waitMs = performance.now() - w0;
+        ms += waitMs;
+        snap += waitMs;
+        copyMs += waitMs;
+      }
       if (i === 2) continue;
       (wasSaving ? during : after).push(ms);
     }
@@ -190,7 +213,7 @@ async function stall(url: string, storeOptions: OpenStoreOptions, state: ReturnT
         `worst ${worst.toFixed(0)} ms (+${(((worst - base) / base) * 100).toFixed(1)}%); steps after: median ${median(after.length ? after : [base]).toFixed(0)} ms`,
     );
     console.log(
-      `  training-thread time the save itself took: snapshot copy ${copyMs.toFixed(0)} ms + hand-off to the upload thread ${handoffMs.toFixed(1)} ms + commit ${commitMs.toFixed(0)} ms (wall, incl. its awaits) ` +
+      `  training-thread time the save itself took: ${inThread ? "waiting at the update for the thread's copy" : 'snapshot copy'} ${copyMs.toFixed(0)} ms + hand-off to the upload thread ${handoffMs.toFixed(1)} ms + commit ${commitMs.toFixed(0)} ms (wall, incl. its awaits) ` +
         `= ${(((copyMs + handoffMs) / base) * 100).toFixed(1)}% of one step before the commit`,
     );
     const extra = snap + during.reduce((a, b) => a + (b - base), 0);

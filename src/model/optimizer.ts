@@ -114,8 +114,10 @@ class AdamW implements Optimizer {
     private readonly layout: ParamLayout,
     readonly range: [number, number],
   ) {
-    this.m = new Float32Array(range[1] - range[0]);
-    this.v = new Float32Array(range[1] - range[0]);
+    // Shared memory (no cost otherwise): a worker's checkpoint upload thread can copy the moments
+    // while the next step computes (peekState).
+    this.m = new Float32Array(new SharedArrayBuffer((range[1] - range[0]) * 4));
+    this.v = new Float32Array(new SharedArrayBuffer((range[1] - range[0]) * 4));
   }
 
   update(params: Float32Array, grads: Float32Array, opts: UpdateOptions): void {
@@ -153,8 +155,10 @@ class AdamW implements Optimizer {
   importState(s: OptimizerState): void {
     checkState(s, 'adamw', this.range);
     this.updates = s.updates;
-    this.m = Float32Array.from(s.slots.m!);
-    this.v = Float32Array.from(s.slots.v!);
+    this.m = new Float32Array(new SharedArrayBuffer(s.slots.m!.length * 4));
+    this.m.set(s.slots.m!);
+    this.v = new Float32Array(new SharedArrayBuffer(s.slots.v!.length * 4));
+    this.v.set(s.slots.v!);
   }
 }
 

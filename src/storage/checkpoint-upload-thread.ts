@@ -18,9 +18,16 @@ export interface UploadRequest {
   step: number;
   objects: SnapshotObject[];
   concurrency: number;
+  /**
+   * The objects' views are the caller's LIVE state in shared memory: copy them into this thread's
+   * own buffer first (answering `copied`), then hash and upload the copy. The caller changes the
+   * state only after `copied`.
+   */
+  copy?: boolean;
 }
 
 export type UploadReply =
+  | { type: 'copied'; id: number }
   | { type: 'done'; id: number; refs: import('./checkpoint-manifest.ts').CheckpointObjectRef[] }
   | { type: 'failed'; id: number; message: string; code: string; reason?: string }
   | { type: 'pong' };
@@ -38,6 +45,25 @@ if (niceness > 0) {
 
 let store: ObjectStore | null = null;
 let storeUrl = '';
+/** This thread's snapshot copy, reused from save to save (one save at a time), grown when needed. */
+let copyBuffer = new Uint8Array(0);
+
+/** Copies the objects' views into copyBuffer, one after the other; returns the objects over the copy. */
+function copyObjects(objects: readonly SnapshotObject[]): SnapshotObject[] {
+  const views = (o: SnapshotObject) => (ArrayBuffer.isView(o.bytes) ? [o.bytes] : [...(o.bytes as readonly ArrayBufferView[])]);
+  const total = objects.reduce((n, o) => n + views(o).reduce((m, v) => m + v.byteLength, 0), 0);
+  if (copyBuffer.byteLength < total) copyBuffer = new Uint8Array(total);
+  let at = 0;
+  return objects.map((o) => ({
+    name: o.name,
+    bytes: views(o).map((v) => {
+      const dst = copyBuffer.subarray(at, at + v.byteLength);
+      dst.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+      at += v.byteLength;
+      return dst;
+    }),
+  }));
+}
 
 parentPort!.on('message', (req: UploadRequest | { type: 'close' } | { type: 'ping' }) => {
   if (req.type === 'ping') {
@@ -55,7 +81,12 @@ parentPort!.on('message', (req: UploadRequest | { type: 'close' } | { type: 'pin
         store = openStore(req.url, req.storeOptions);
         storeUrl = req.url;
       }
-      const refs = await writeCheckpointObjects(store, req.step, req.objects, req.concurrency);
+      let objects = req.objects;
+      if (req.copy) {
+        objects = copyObjects(req.objects);
+        parentPort!.postMessage({ type: 'copied', id: req.id } satisfies UploadReply);
+      }
+      const refs = await writeCheckpointObjects(store, req.step, objects, req.concurrency);
       parentPort!.postMessage({ type: 'done', id: req.id, refs } satisfies UploadReply);
     } catch (err) {
       const e = PartiError.from(err, 'checkpoint');

@@ -66,8 +66,25 @@ export type CheckpointWriterState = { state: 'idle' } | { state: 'saving'; step:
 /** A save that was started. */
 export interface SaveTicket {
   step: number;
+  /**
+   * Resolves once the writer no longer reads the arrays passed to save() (never rejects): at
+   * once, unless they were handed over with `copyInThread`, then when the upload thread has
+   * copied them (or the save failed). The caller may change them from then on.
+   */
+  copied: Promise<void>;
   /** The objects' manifest entries once all have landed; rejects if the save failed. */
   done: Promise<CheckpointObjectRef[]>;
+}
+
+/** Options of one save. */
+export interface SaveOptions {
+  /**
+   * The arrays are the caller's live state, in shared memory (SharedArrayBuffer): the upload
+   * thread copies them into a buffer of its own while the caller goes on, and `copied` says when
+   * the caller may change them again. Without the thread (or for arrays not in shared memory) they
+   * are copied here, at once.
+   */
+  copyInThread?: boolean;
 }
 
 /** A save that failed: reported here, in the log and by the ticket; the next save tries again. */
@@ -90,7 +107,7 @@ export class CheckpointWriter {
   private worker: Worker | null = null;
   private store: ObjectStore | null = null;
   private nextId = 1;
-  private pending = new Map<number, { resolve: (refs: CheckpointObjectRef[]) => void; reject: (err: PartiError) => void }>();
+  private pending = new Map<number, { resolve: (refs: CheckpointObjectRef[]) => void; reject: (err: PartiError) => void; copied: () => void }>();
   private inFlight: Promise<unknown> = Promise.resolve();
   private readonly options: Required<Omit<CheckpointWriterOptions, 'storeOptions'>> & { storeOptions?: OpenStoreOptions };
 
@@ -111,11 +128,29 @@ export class CheckpointWriter {
    * Starts saving `objects` as step `step`, or returns null when a save is still in flight. The
    * caller must not change the arrays afterwards (they are the snapshot).
    */
-  save(step: number, objects: readonly SnapshotObject[]): SaveTicket | null {
+  save(step: number, objects: readonly SnapshotObject[], saveOptions: SaveOptions = {}): SaveTicket | null {
     if (this.current.state === 'closed') throw new PartiError('illegal-state', 'CheckpointWriter.save: the writer is closed');
     if (this.current.state === 'saving') return null;
     this.current = { state: 'saving', step };
-    const done = (this.options.thread ? this.saveInThread(step, objects) : this.saveHere(step, objects)).then(
+    let copied: () => void = () => {};
+    const copiedPromise = new Promise<void>((resolve) => (copied = resolve));
+    const viewsOf = (o: SnapshotObject) => (ArrayBuffer.isView(o.bytes) ? [o.bytes] : [...(o.bytes as readonly ArrayBufferView[])]);
+    let inThread = false;
+    if (saveOptions.copyInThread) {
+      // Arrays in shared memory go to the thread, which copies them; others are copied here and now.
+      objects = objects.map((o) => ({
+        name: o.name,
+        bytes: viewsOf(o).map((v) => {
+          if (this.options.thread && v.buffer instanceof SharedArrayBuffer) {
+            inThread = true;
+            return v;
+          }
+          return new Uint8Array(v.buffer, v.byteOffset, v.byteLength).slice();
+        }),
+      }));
+    }
+    if (!inThread) copied();
+    const done = (this.options.thread ? this.saveInThread(step, objects, inThread, copied) : this.saveHere(step, objects)).then(
       (refs) => {
         this.failure = null;
         return refs;
@@ -136,7 +171,9 @@ export class CheckpointWriter {
     });
     // A caller that drops the ticket must not cause an unhandled rejection: the failure is reported above.
     done.catch(() => {});
-    return { step, done };
+    // However the save ends, the thread no longer reads the arrays.
+    void this.inFlight.then(copied);
+    return { step, copied: copiedPromise, done };
   }
 
   /**
@@ -203,7 +240,12 @@ export class CheckpointWriter {
       if (reply.type === 'pong') return;
       const waiter = this.pending.get(reply.id);
       if (!waiter) return;
+      if (reply.type === 'copied') {
+        waiter.copied();
+        return;
+      }
       this.pending.delete(reply.id);
+      waiter.copied();
       if (reply.type === 'done') waiter.resolve(reply.refs);
       else waiter.reject(new PartiError(reply.code as PartiErrorCode, reply.message));
     });
@@ -211,6 +253,7 @@ export class CheckpointWriter {
       if (this.worker === worker) this.worker = null;
       for (const [id, waiter] of this.pending) {
         this.pending.delete(id);
+        waiter.copied();
         waiter.reject(new PartiError('checkpoint', `checkpoint upload thread ${why}`));
       }
     };
@@ -221,7 +264,7 @@ export class CheckpointWriter {
     return worker;
   }
 
-  private saveInThread(step: number, objects: readonly SnapshotObject[]): Promise<CheckpointObjectRef[]> {
+  private saveInThread(step: number, objects: readonly SnapshotObject[], copy = false, copied: () => void = () => {}): Promise<CheckpointObjectRef[]> {
     this.worker ??= this.startWorker();
     const id = this.nextId++;
     const plain = objects.map((o) => ({
@@ -229,7 +272,7 @@ export class CheckpointWriter {
       bytes: ArrayBuffer.isView(o.bytes) ? [o.bytes] : [...(o.bytes as readonly ArrayBufferView[])],
     }));
     const transfer: ArrayBuffer[] = [];
-    if (this.options.transfer) {
+    if (this.options.transfer && !copy) {
       const seen = new Set<ArrayBuffer>();
       for (const o of plain)
         for (const v of o.bytes) {
@@ -249,9 +292,10 @@ export class CheckpointWriter {
       step,
       objects: plain,
       concurrency: this.options.concurrency,
+      ...(copy ? { copy: true } : {}),
     };
     return new Promise<CheckpointObjectRef[]>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, copied });
       // Keep the process alive while a save is in flight, and not longer.
       this.worker!.ref();
       try {

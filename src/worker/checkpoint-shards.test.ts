@@ -49,3 +49,33 @@ test('a checkpoint of another config does not load', async () => {
   const { store } = await savedWith(1);
   await assert.rejects(new CheckpointShards(store, 'other').load(4, 0, P), (e: unknown) => e instanceof PartiError && e.code === 'checkpoint');
 });
+
+test('saveLive: the upload thread copies the live state; changing it once `copied` resolved does not change what is saved', async () => {
+  const store = new FileStore(mkdtempSync(join(tmpdir(), 'parti-shards-live-')));
+  const shards = new CheckpointShards(store, 'hash');
+  try {
+    const shared = (a: Float32Array) => {
+      const s = new Float32Array(new SharedArrayBuffer(a.byteLength));
+      s.set(a);
+      return s;
+    };
+    const liveParams = shared(params);
+    const full = state(0, P);
+    const m = shared(full.subarray(0, P));
+    const v = shared(full.subarray(P));
+    const handle = shards.saveLive({ step: 6, rank: 0, worldSize: 1, params: liveParams, optimizer: { start: 0, end: P, slots: 2, updates: 6, state: [m, v] } });
+    await handle.copied;
+    // the next optimizer update
+    liveParams.fill(-1);
+    m.fill(-2);
+    v.fill(-3);
+    const objects = await handle.done;
+    await commitManifest(store, { step: 6, worldSize: 1, configHash: 'hash', config: {}, cursor: null, rng: null, objects }, { keep: 2 });
+    const got = await shards.load(6, 0, P);
+    assert.deepEqual(got.params, params);
+    assert.deepEqual(got.optimizer.state, full);
+    assert.equal(got.optimizer.updates, 6);
+  } finally {
+    await shards.close();
+  }
+});

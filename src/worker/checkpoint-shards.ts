@@ -59,19 +59,39 @@ export class CheckpointShards implements WorkerStateStore {
    * landed. One save at a time: a second one while the first uploads is refused.
    */
   save(s: Parameters<WorkerStateStore['save']>[0]): Promise<SavedObject[]> {
+    const started = this.start_(s.step, s.rank, s.params, { ...s.optimizer, state: [s.optimizer.state] }, false);
+    return started.done;
+  }
+
+  /**
+   * Saves from the live state in shared memory: the upload thread copies it while the caller goes
+   * on, and `copied` resolves when the caller may change it again (see WorkerStateStore.saveLive).
+   */
+  saveLive(s: Parameters<NonNullable<WorkerStateStore['saveLive']>>[0]): { copied: Promise<void>; done: Promise<SavedObject[]> } {
+    return this.start_(s.step, s.rank, s.params, s.optimizer, true);
+  }
+
+  private start_(
+    step: number,
+    rank: number,
+    params: Float32Array | null,
+    optimizer: { start: number; end: number; slots: number; updates: number; state: readonly Float32Array[] },
+    live: boolean,
+  ): { copied: Promise<void>; done: Promise<SavedObject[]> } {
     const objects: SnapshotObject[] = [];
-    if (s.params) objects.push({ name: 'params.bin', bytes: s.params });
-    const { start, end, slots, updates, state } = s.optimizer;
+    if (params) objects.push({ name: 'params.bin', bytes: params });
+    const { start, end, slots, updates, state } = optimizer;
     const header: ShardHeader = { start, end, slots, updates };
-    objects.push({ name: `optimizer-rank-${s.rank}.json`, bytes: Buffer.from(JSON.stringify(header)) });
-    objects.push({ name: `optimizer-rank-${s.rank}.bin`, bytes: state });
+    objects.push({ name: `optimizer-rank-${rank}.json`, bytes: Buffer.from(JSON.stringify(header)) });
+    // slot-major: the slot arrays one after the other
+    objects.push({ name: `optimizer-rank-${rank}.bin`, bytes: state.length === 1 ? state[0]! : state });
     const writer = this.uploads();
-    const ticket = writer.save(s.step, objects);
+    const ticket = writer.save(step, objects, { copyInThread: live });
     if (!ticket) {
       const busy = writer.state.state === 'saving' ? writer.state.step : '?';
-      return Promise.reject(new PartiError('checkpoint', `checkpoint ${s.step} in ${this.store.url}: the save of step ${busy} is still uploading`));
+      return { copied: Promise.resolve(), done: Promise.reject(new PartiError('checkpoint', `checkpoint ${step} in ${this.store.url}: the save of step ${busy} is still uploading`)) };
     }
-    return ticket.done.then((refs) => refs.map(({ key, size, sha256, name }) => ({ key, size, sha256, name })));
+    return { copied: ticket.copied, done: ticket.done.then((refs) => refs.map(({ key, size, sha256, name }) => ({ key, size, sha256, name }))) };
   }
 
   /** Starts the upload thread now, so that the first checkpoint does not wait for it to load. */

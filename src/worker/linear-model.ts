@@ -21,6 +21,11 @@ export interface LinearModelOptions {
   stepDelayMs?: number;
 }
 
+/** Zeroed float32 array in shared memory. */
+function sharedFloats(n: number): Float32Array {
+  return new Float32Array(new SharedArrayBuffer(n * 4));
+}
+
 function uniform(seed: number, i: number, j: number): number {
   return (mixSeed(seed, i, j) / 0x100000000) * 2 - 1;
 }
@@ -46,8 +51,9 @@ class AdamShard implements OptimizerShard {
     readonly end: number,
     private readonly lr: number,
   ) {
-    this.m = new Float32Array(end - start);
-    this.v = new Float32Array(end - start);
+    // shared memory, as a real model's: checkpoints copy it on the upload thread
+    this.m = sharedFloats(end - start);
+    this.v = sharedFloats(end - start);
   }
   private updates = 0;
   apply(params: Float32Array, grad: Float32Array, _step: number): number {
@@ -72,6 +78,9 @@ class AdamShard implements OptimizerShard {
     const state = new Float32Array(this.m.length * 2);
     return { updates: this.exportStateInto(state), state };
   }
+  liveState(): { updates: number; slots: readonly Float32Array[] } {
+    return { updates: this.updates, slots: [this.m, this.v] };
+  }
   exportStateInto(target: Float32Array): number {
     target.set(this.m, 0);
     target.set(this.v, this.m.length);
@@ -93,7 +102,7 @@ export class LinearModel implements Trainable {
 
   constructor(private readonly options: LinearModelOptions) {
     this.paramCount = options.dim + 1;
-    this.flat = new Float32Array(this.paramCount);
+    this.flat = sharedFloats(this.paramCount);
     for (let j = 0; j < options.dim; j++) this.flat[j] = 0.1 * uniform(options.seed ^ 0x1234567, 0, j);
     this.bad = new Set(options.nonFiniteSamples ?? []);
   }

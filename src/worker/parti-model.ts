@@ -50,6 +50,10 @@ class RangeOptimizer implements OptimizerShard {
     const state = new Float32Array((this.end - this.start) * this.slots);
     return { updates: this.exportStateInto(state), state };
   }
+  liveState(): { updates: number; slots: readonly Float32Array[] } | undefined {
+    const st = this.opt.peekState?.();
+    return st && { updates: st.updates, slots: this.names.map((name) => st.slots[name]!) };
+  }
   exportStateInto(target: Float32Array): number {
     // the live arrays when the optimizer lends them: one copy, straight into the snapshot buffer
     const st = this.opt.peekState?.() ?? this.opt.exportState();
@@ -83,7 +87,10 @@ export class PartiWorkerModel implements Trainable {
   ) {
     this.paramCount = trainable.layout.size;
     this.clipNorm = config.training.parti.clipNorm;
-    this.flat = trainable.layout.initialize(config.training.seed);
+    // In shared memory, so that a checkpoint's upload thread can copy it while a step computes.
+    const init = trainable.layout.initialize(config.training.seed);
+    this.flat = new Float32Array(new SharedArrayBuffer(init.byteLength));
+    this.flat.set(init);
   }
 
   /** Loads the backend, the trained tokenizer and the data set; parameters at their initialization. */

@@ -66,6 +66,13 @@ export interface OptimizerShard {
    * state into a host buffer it reuses; without it the runtime copies exportState()'s result.
    */
   exportStateInto?(target: Float32Array): number;
+  /**
+   * Optional: the live state without a copy: the slot arrays in slot-major order (each
+   * `end - start` floats) and the update count. Valid until the next apply() or importState().
+   * When the arrays (and the model's parameters) are in shared memory (SharedArrayBuffer), a
+   * checkpoint's upload thread copies them while the next step computes. Undefined: not available.
+   */
+  liveState?(): { updates: number; slots: readonly Float32Array[] } | undefined;
   /** Restores what exportState returned for the same range. */
   importState(snapshot: OptimizerSnapshot): void;
 }

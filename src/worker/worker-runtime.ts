@@ -52,6 +52,19 @@ export interface WorkerStateStore {
     params: Float32Array | null;
     optimizer: { start: number; end: number; slots: number; updates: number; state: Float32Array };
   }): Promise<SavedObject[]>;
+  /**
+   * Optional: the same from the LIVE state in shared memory (SharedArrayBuffer): the parameters
+   * and the optimizer's slot arrays (slot-major order). The store copies them off the caller's
+   * thread; the caller changes them only after `copied` resolves (it never rejects). `done` is
+   * save()'s promise.
+   */
+  saveLive?(snapshot: {
+    step: number;
+    rank: number;
+    worldSize: number;
+    params: Float32Array | null;
+    optimizer: { start: number; end: number; slots: number; updates: number; state: readonly Float32Array[] };
+  }): { copied: Promise<void>; done: Promise<SavedObject[]> };
   /** Reads the parameters and the optimizer state of [start, end) of committed step `step`. */
   load(step: number, start: number, end: number): Promise<{ params: Float32Array; optimizer: OptimizerSnapshot }>;
   /** Optional: gets ready to save (e.g. loads an upload thread) so that the first save does not wait. */
@@ -99,6 +112,16 @@ export interface WorkerOptions {
 
 /** Lifecycle of a worker; a wrong transition is PartiError('illegal-state'). */
 export type WorkerState = 'starting' | 'joining' | 'idle' | 'syncing' | 'computing' | 'reduced' | 'checkpointing' | 'stopped';
+
+/** A checkpoint copied from the live state by the upload thread. */
+interface LiveSnapshot {
+  /** Resolves when the upload no longer reads the live state. */
+  copied: Promise<void>;
+  /** Training-thread time spent waiting for the copy before changing the state (ms). */
+  waitMs: number;
+  /** The state changed before the copy ended (it passed the step deadline): the save is void. */
+  torn: boolean;
+}
 
 interface PendingUpdate {
   epoch: number;
@@ -156,6 +179,11 @@ export class WorkerRuntime {
    * time). Shared memory: the upload thread reads it in place, nothing is copied to hand it over.
    */
   private snapshotBuffer: Float32Array | null = null;
+  /**
+   * A checkpoint whose upload thread is still copying the LIVE state (shared memory): nothing may
+   * change the parameters or the optimizer state until it has (commit and reconfigure wait).
+   */
+  private liveSnapshot: LiveSnapshot | null = null;
 
   constructor(private readonly opts: WorkerOptions) {
     this.client = createCoordinatorClient(opts.coordinator, opts.maxMessageBytes, opts.security?.resolved);
@@ -435,6 +463,7 @@ export class WorkerRuntime {
   }
 
   private async reconfigure(c: ReconfigureCommand): Promise<void> {
+    await this.untilSnapshotCopied(); // a restore or a sync writes the state
     this.state = 'syncing';
     this.pending = null;
     this.epoch = c.epoch;
@@ -585,6 +614,7 @@ export class WorkerRuntime {
       throw new PartiError('illegal-state', `commit of step ${step} (epoch ${epoch}) but the pending update is ${pending ? `step ${pending.step} of epoch ${pending.epoch}` : 'none'}`);
     }
     const t0 = performance.now();
+    await this.untilSnapshotCopied(); // the update below writes the state a checkpoint may still be copying
     let lr = 0;
     const opt = this.optimizer!;
     const params = this.model.params();
@@ -618,6 +648,7 @@ export class WorkerRuntime {
     if (this.saving) await this.saving;
     const t0 = performance.now();
     let done: Promise<SavedObject[]>;
+    let live: LiveSnapshot | null = null;
     try {
       if (step !== this.version) throw new PartiError('illegal-state', `checkpoint of step ${step} but the parameters are at step ${this.version}`);
       if (!this.opts.store) throw new PartiError('illegal-state', 'asked to checkpoint but this worker has no checkpoint store');
@@ -627,6 +658,24 @@ export class WorkerRuntime {
       // Without sharding every rank holds the same state: rank 0 writes it all.
       if (this.opts.zeroStage !== 1 && this.rank !== 0) {
         done = Promise.resolve([]);
+      } else if (this.canSaveLive()) {
+        // The upload thread copies the live state while the next step computes; commit() waits
+        // for the copy (normally long done) before the update changes it.
+        const state = opt.liveState!()!;
+        const handle = this.opts.store.saveLive!({
+          step,
+          rank: this.rank,
+          worldSize: this.worldSize,
+          params: this.rank === 0 ? this.model.params() : null,
+          optimizer: { start: opt.start, end: opt.end, slots: opt.slots, updates: state.updates, state: state.slots },
+        });
+        const snap: LiveSnapshot = { copied: handle.copied, waitMs: 0, torn: false };
+        live = snap;
+        this.liveSnapshot = snap;
+        void handle.copied.then(() => {
+          if (this.liveSnapshot === snap) this.liveSnapshot = null;
+        });
+        done = handle.done;
       } else {
         const withParams = this.rank === 0;
         const p = withParams ? this.model.paramCount : 0;
@@ -649,14 +698,18 @@ export class WorkerRuntime {
     } finally {
       this.state = 'idle';
     }
-    const snapshotMs = performance.now() - t0;
+    const handOffMs = performance.now() - t0;
     const saving: Promise<void> = done
+      .then((objects) => {
+        if (live?.torn) throw new PartiError('checkpoint', `the state changed before the upload thread had copied it (not within ${this.opts.stepDeadlineMs} ms)`);
+        return objects;
+      })
       .then(
-        (objects) => this.report({ kind: 'CHECKPOINTED', epoch, step, snapshotMs, checkpointObjectsJson: JSON.stringify(objects) }),
+        (objects) => this.report({ kind: 'CHECKPOINTED', epoch, step, snapshotMs: handOffMs + (live?.waitMs ?? 0), checkpointObjectsJson: JSON.stringify(objects) }),
         (err: unknown) => {
           const e = PartiError.from(err, 'checkpoint');
           this.log.warn({ step, err: e.message }, 'checkpoint save failed; training goes on, the next checkpoint step saves again');
-          return this.report({ kind: 'CHECKPOINT_FAILED', epoch, step, snapshotMs, error: `${e.code}: ${e.message}` });
+          return this.report({ kind: 'CHECKPOINT_FAILED', epoch, step, snapshotMs: handOffMs + (live?.waitMs ?? 0), error: `${e.code}: ${e.message}` });
         },
       )
       .catch((err: Error) => this.log.warn({ step, err: err.message }, 'cannot report the end of a checkpoint upload'))
@@ -664,6 +717,32 @@ export class WorkerRuntime {
         if (this.saving === saving) this.saving = null;
       });
     this.saving = saving;
+  }
+
+  /** The store can copy from the live state: it is in shared memory, and the optimizer lends it. */
+  private canSaveLive(): boolean {
+    const opt = this.optimizer;
+    const state = opt?.liveState?.();
+    if (!this.opts.store?.saveLive || !state) return false;
+    const shared = (a: Float32Array) => a.buffer instanceof SharedArrayBuffer;
+    return state.slots.every(shared) && (this.rank !== 0 || shared(this.model.params()));
+  }
+
+  /** Waits until no checkpoint copies the live state (before anything changes it). */
+  private async untilSnapshotCopied(): Promise<void> {
+    const snap = this.liveSnapshot;
+    if (!snap) return;
+    const t0 = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), this.opts.stepDeadlineMs)));
+    const outcome = await Promise.race([snap.copied.then(() => 'copied' as const), late]);
+    clearTimeout(timer);
+    if (outcome === 'late') {
+      snap.torn = true;
+      this.log.warn({ ms: this.opts.stepDeadlineMs }, 'the checkpoint upload thread did not copy the state within the step deadline; that save is void');
+    }
+    snap.waitMs += performance.now() - t0;
+    if (this.liveSnapshot === snap) this.liveSnapshot = null;
   }
 
   /** The reused snapshot buffer, of exactly `floats` floats. */
