@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -115,6 +115,34 @@ for (const kind of ['s3', 'file'] as const) {
     }
   });
 }
+
+test('a broken state directory is refused before anything is uploaded: the good publication stays whole', async () => {
+  const src = await stateDir();
+  const url = pathToFileURL(tempDir('keep')).href;
+  await publishStateDir(src, url);
+  const store = openStore(url);
+  try {
+    const published = await store.get('state.bin');
+    // an unfinished save: state.bin shorter than its checkpoint.json says
+    const broken = join(tempDir('broken'), 'tokenizer');
+    cpSync(src, broken, { recursive: true });
+    writeFileSync(join(broken, 'state.bin'), readFileSync(join(src, 'state.bin')).subarray(0, 1000));
+    const refused = await rejection(publishStateDir(broken, url));
+    assert.deepEqual(await store.get('state.bin'), published, 'the published state.bin was not replaced');
+    assert.equal(refused.code, 'checkpoint');
+    assert.match(refused.message, /state\.bin does not match checkpoint\.json .*nothing published/);
+    await fetchPublishedState(url, join(tempDir('still'), 't'));
+    // a manifest whose array entry is not an object: a one-line PartiError naming the file, not a TypeError
+    const odd = JSON.parse(readFileSync(join(src, 'checkpoint.json'), 'utf8')) as { arrays: unknown[] };
+    odd.arrays[0] = null;
+    writeFileSync(join(broken, 'checkpoint.json'), JSON.stringify(odd));
+    const bad = await rejection(publishStateDir(broken, url));
+    assert.match(bad.message, /checkpoint\.json: an array entry that is null, not an object$/);
+    assert.deepEqual(await store.get('state.bin'), published);
+  } finally {
+    await store.close();
+  }
+});
 
 test('a whole run directory uploaded (its tokenizer/ folder) is found too', async () => {
   const src = await stateDir();

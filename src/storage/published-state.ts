@@ -56,6 +56,7 @@ function expectedStateBytes(manifestText: string, where: string): number {
   }
   let end = 0;
   for (const a of arrays) {
+    if (typeof a !== 'object' || a === null) throw new PartiError('checkpoint', `${where}: an array entry that is ${JSON.stringify(a)}, not an object`);
     if (!Number.isSafeInteger(a.offset) || !Number.isSafeInteger(a.length) || a.offset < 0 || a.length < 0) {
       throw new PartiError('checkpoint', `${where}: an array with offset ${a.offset} and length ${a.length}`);
     }
@@ -66,26 +67,27 @@ function expectedStateBytes(manifestText: string, where: string): number {
 
 /**
  * Uploads the state directory `dir` to `url` (state.bin, checkpoint.json, then SHA256SUMS).
- * Returns the bytes uploaded.
+ * Returns the bytes uploaded. The directory is read and checked (state.bin against its
+ * checkpoint.json) before anything is uploaded, so a broken one never replaces a good publication.
  */
 export async function publishStateDir(dir: string, url: string): Promise<number> {
+  const files = new Map<string, Buffer>();
+  for (const name of STATE_FILES) {
+    try {
+      files.set(name, await readFile(join(dir, name)));
+    } catch (err) {
+      throw new PartiError('checkpoint', `${join(dir, name)}: cannot read it to publish (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
+  if (expectedStateBytes(files.get('checkpoint.json')!.toString('utf8'), join(dir, 'checkpoint.json')) !== files.get('state.bin')!.length) {
+    throw new PartiError('checkpoint', `${dir}: state.bin does not match checkpoint.json (an unfinished save?); nothing published`);
+  }
   const store = openStore(url);
   try {
     let bytes = 0;
     const sums: string[] = [];
     for (const name of STATE_FILES) {
-      let body: Buffer;
-      try {
-        body = await readFile(join(dir, name));
-      } catch (err) {
-        throw new PartiError('checkpoint', `${join(dir, name)}: cannot read it to publish (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-      }
-      if (name === 'checkpoint.json') {
-        const stateBytes = (await readFile(join(dir, 'state.bin'))).length;
-        if (expectedStateBytes(body.toString('utf8'), join(dir, name)) !== stateBytes) {
-          throw new PartiError('checkpoint', `${dir}: state.bin does not match checkpoint.json (an unfinished save?)`);
-        }
-      }
+      const body = files.get(name)!;
       await store.put(name, body);
       sums.push(`${sha256(body)}  ${name}\n`);
       bytes += body.length;
