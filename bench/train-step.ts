@@ -5,7 +5,11 @@
  * this backend's measured matmul peak. Median wall time and best-of CPU time are both printed: on
  * a shared machine the CPU figure is the steadier one (the peak is also best-of, by CPU time).
  *
- *   npx tsx bench/train-step.ts [steps]
+ *   npx tsx bench/train-step.ts [steps] [--profile]
+ *
+ * --profile also runs one profiled bench-small step and prints its kernel count and the kernels
+ * that took the most CPU time (per kernel name and input shapes). CPU time of a kernel includes
+ * whatever the process did meanwhile (GC, other threads), so single entries are noisy.
  *
  * Peer: ../shared/peers/torch_parti_step.py (PyTorch, one core) on the same shape, when
  * /usr/bin/python3 has torch.
@@ -22,7 +26,9 @@ import { VitVqgan } from '../src/model/vit-vqgan.ts';
 import type { Trainable } from '../src/model/trainable.ts';
 import { shapesSample } from '../src/data/shapes.ts';
 
-const steps = Number(process.argv[2] ?? 6);
+const args = process.argv.slice(2);
+const profile = args.includes('--profile');
+const steps = Number(args.find((a) => !a.startsWith('--')) ?? 6);
 const backend = await initBackend((process.env.PARTI_BACKEND as 'wasm' | undefined) ?? 'wasm');
 
 function median(xs: number[]): number {
@@ -121,6 +127,44 @@ const tiny = loadConfig('configs/tiny.yaml');
   small.conditionDropout = 0;
   const { pt, batch, tokens } = partiBatch(small, 8);
   results.push(timeSteps('bench-small parti (batch 8)', pt, batch, tokens));
+  if (profile) await profileStep(pt, batch);
+}
+
+/** One profiled step: kernel count and the top kernels by CPU time. */
+async function profileStep<B extends { ids: readonly number[] }>(t: Trainable<B>, batch: B): Promise<void> {
+  const params = t.layout.initialize(0);
+  const be = tf.backend() as unknown as { time: (f: () => void) => Promise<{ kernelMs: number }> };
+  const wallTime = be.time;
+  // The backend's timer measures wall time; on a shared machine CPU time is the steadier figure.
+  be.time = async (f) => {
+    const c0 = process.cpuUsage();
+    f();
+    const c = process.cpuUsage(c0);
+    return { kernelMs: (c.user + c.system) / 1000 };
+  };
+  try {
+    const info = await tf.profile(() => {
+      t.computeGradients(params, batch, { step: 0, seed: 0 });
+    });
+    // Kernels nested in a custom gradient's forward ('forward', '*__op') are counted in their parts.
+    const own = info.kernels.filter((k) => k.name !== 'forward' && !k.name.endsWith('__op'));
+    const byKey = new Map<string, { n: number; ms: number }>();
+    let total = 0;
+    for (const k of own) {
+      const key = `${k.name} ${JSON.stringify(k.inputShapes)}`;
+      const e = byKey.get(key) ?? { n: 0, ms: 0 };
+      e.n++;
+      e.ms += k.kernelTimeMs as number;
+      byKey.set(key, e);
+      total += k.kernelTimeMs as number;
+    }
+    console.log(`profile: bench-small step, ${own.length} kernels, ${total.toFixed(0)} ms kernel CPU; top 25:`);
+    for (const [key, e] of [...byKey].sort((a, b) => b[1].ms - a[1].ms).slice(0, 25)) {
+      console.log(`  ${e.ms.toFixed(1).padStart(7)} ms ${String(e.n).padStart(4)}x ${key}`);
+    }
+  } finally {
+    be.time = wallTime;
+  }
 }
 
 // Measured again after the steps: on a shared machine either reading may be depressed.

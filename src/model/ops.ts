@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { PartiError } from '../errors.ts';
 
 /**
  * The few tensor ops the models are written with, and the one place that works around the gaps of
@@ -63,6 +64,7 @@ const COLUMN_SUM = 'PartiColumnSum';
 const TRANSPOSE_2D = 'PartiTranspose2D';
 const HEAD_SPLIT = 'PartiHeadSplit';
 const HEAD_MERGE = 'PartiHeadMerge';
+const SCATTER_ROWS = 'PartiScatterRows';
 let slicedState: { raw: (...a: number[]) => void; shapes: number } | null | undefined;
 
 function heapOffset(be: WasmInternals, t: tf.TensorInfo): number {
@@ -277,6 +279,29 @@ export function splitHeadBlocks(x: tf.Tensor, B: number, T: number, H: number, t
   });
 }
 
+/** Gradient of a row gather: dy [N, D] added into the rows `ids` of a zero table [V, D]. */
+function scatterRowsKernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs: tf.NamedAttrMap }): tf.TensorInfo {
+  const be = args.backend as WasmInternals;
+  const { ids, dy } = args.inputs as { ids: tf.TensorInfo; dy: tf.TensorInfo };
+  const V = args.attrs.rows as number;
+  const [N, D] = dy.shape as [number, number];
+  const out = be.makeOutput([V, D], 'float32');
+  const heap = new Float32Array(be.wasm.HEAPU8.buffer);
+  const idx = new Int32Array(be.wasm.HEAPU8.buffer, heapOffset(be, ids), N);
+  const oi = heapOffset(be, out) >> 2;
+  const yi = heapOffset(be, dy) >> 2;
+  heap.fill(0, oi, oi + V * D);
+  for (let n = 0; n < N; n++) {
+    const row = idx[n]!;
+    // An id outside the table would write outside it, into other tensors: refuse.
+    if (!(row >= 0 && row < V)) throw new PartiError('internal', `embedding id ${row} outside a table of ${V} rows`);
+    const dst = oi + row * D;
+    const src = yi + n * D;
+    for (let d = 0; d < D; d++) heap[dst + d]! += heap[src + d]!;
+  }
+  return out;
+}
+
 /** Registers the kernels above once, if this wasm backend has the internals they need. */
 function wasmKernelsUsable(): boolean {
   if (slicedState !== undefined) return slicedState !== null;
@@ -292,6 +317,7 @@ function wasmKernelsUsable(): boolean {
     [TRANSPOSE_2D, transpose2DKernel],
     [HEAD_SPLIT, headSplitKernel as unknown as (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }) => tf.TensorInfo],
     [HEAD_MERGE, headMergeKernel as unknown as (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }) => tf.TensorInfo],
+    [SCATTER_ROWS, scatterRowsKernel as unknown as (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }) => tf.TensorInfo],
   ];
   for (const [kernelName, kernelFunc] of kernels) {
     tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
@@ -383,10 +409,15 @@ export function embed(ids: tf.Tensor1D, table: tf.Tensor): tf.Tensor2D {
     save([ids]);
     return {
       value: tf.gather(t, ids),
-      gradFunc: (dy: tf.Tensor, [sids]: tf.Tensor[]) => [tf.matMul(tf.transpose(oneHot(sids as tf.Tensor1D, V)), dy as tf.Tensor2D)],
+      gradFunc: (dy: tf.Tensor, [sids]: tf.Tensor[]) => [
+        wasmKernelsUsable() && dy.rank === 2
+          ? (tf.engine().runKernel(SCATTER_ROWS, { ids: sids!, dy }, { rows: V }) as tf.Tensor)
+          : tf.matMul(tf.transpose(oneHot(sids as tf.Tensor1D, V)), dy as tf.Tensor2D),
+      ],
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (t: tf.Tensor) => tf.Tensor;
-  matmulFlops.forward += 2 * ids.shape[0] * V * table.shape[1]! / 3; // only the backward product
+  // Only the backward product counts, and only where it is one (not the scatter-add kernel).
+  if (!wasmKernelsUsable()) matmulFlops.forward += (2 * ids.shape[0] * V * table.shape[1]!) / 3;
   return f(table) as tf.Tensor2D;
 }
 
