@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { addBf16Into, addFloat32Into, simdAvailable } from './simd-sum.ts';
+import { decodeWireInto, encodeWire, roundToWire } from './wire-compression.ts';
 
 /** Deterministic values with a spread of exponents, signs and the specials. */
 function values(n: number, seed: number): Float32Array {
@@ -64,4 +65,32 @@ describe('SIMD sum kernels', () => {
       }
     });
   }
+
+  it('bf16 encode, decode and round-in-place match the scalar definition bit for bit (ties, NaN, Inf, subnormals)', () => {
+    // Scalar reference: round to nearest even on the upper 16 bits; NaN -> quiet NaN of its sign.
+    const toBf16 = (u: number): number =>
+      (u & 0x7fffffff) > 0x7f800000 ? ((u >>> 16) & 0x8000) | 0x7fc0 : ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+    for (const n of LENGTHS) {
+      const bitsIn = new Uint32Array(n);
+      let s = n + 7;
+      for (let i = 0; i < n; i++) {
+        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+        // Every 4th value sits on a rounding tie or right beside one; the specials are spread in.
+        const special = [0x7f800000, 0xff800000, 0x7fc00001, 0xffffffff, 0x00000001, 0x80000000, 0x7f7fffff, 0x3f808000, 0x3f818000][i % 9]!;
+        bitsIn[i] = i % 4 === 0 ? ((s & 0xffff0000) | 0x8000) >>> 0 : i % 11 === 0 ? special : s;
+      }
+      const x = new Float32Array(bitsIn.buffer);
+      const enc = new Uint16Array(encodeWire(x, 'bf16').slice().buffer);
+      const want = Array.from(bitsIn, toBf16);
+      assert.deepEqual([...enc], want, `encode n=${n}`);
+      for (const offset of [0, 1]) {
+        const out = new Float32Array(n);
+        decodeWireInto(at(new Uint8Array(enc.buffer), offset), 'bf16', out);
+        assert.deepEqual([...new Uint32Array(out.buffer)], want.map((h) => (h << 16) >>> 0), `decode n=${n} offset=${offset}`);
+      }
+      const r = x.slice();
+      roundToWire(r, 'bf16');
+      assert.deepEqual([...new Uint32Array(r.buffer)], want.map((h) => (h << 16) >>> 0), `round n=${n}`);
+    }
+  });
 });

@@ -3,7 +3,7 @@
  * on the wire while every sum is still taken in float32 (as Horovod's and PyTorch DDP's fp16/bf16
  * compression hooks do). Rounding is round-to-nearest-even; fp16 overflows to ±Infinity past 65504.
  */
-import { addBf16Into, addFloat32Into } from './simd-sum.ts';
+import { addBf16Into, addFloat32Into, decodeBf16Simd, encodeBf16Simd, roundBf16Simd } from './simd-sum.ts';
 
 export type WireCompression = 'none' | 'bf16' | 'fp16';
 
@@ -86,7 +86,7 @@ export function encodeWire(src: Float32Array, c: WireCompression): Uint8Array {
   if (c === 'none') return new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
   const out = new Uint16Array(src.length);
   const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  if (c === 'bf16') for (let i = 0; i < src.length; i++) out[i] = f32BitsToBf16(bits[i]!);
+  if (c === 'bf16') for (let i = encodeBf16Simd(src, out); i < src.length; i++) out[i] = f32BitsToBf16(bits[i]!);
   else for (let i = 0; i < src.length; i++) out[i] = f32BitsToF16(bits[i]!);
   return new Uint8Array(out.buffer);
 }
@@ -102,11 +102,12 @@ export function decodeWireInto(bytes: Uint8Array, c: WireCompression, out: Float
     out.set(float32View(bytes));
     return;
   }
-  const h = uint16View(bytes);
   if (c === 'bf16') {
+    const h = uint16View(bytes);
     const o = new Uint32Array(out.buffer, out.byteOffset, out.length);
-    for (let i = 0; i < h.length; i++) o[i] = h[i]! << 16;
+    for (let i = decodeBf16Simd(bytes, out); i < h.length; i++) o[i] = h[i]! << 16;
   } else {
+    const h = uint16View(bytes);
     const t = f16ToF32Table();
     for (let i = 0; i < h.length; i++) out[i] = t[h[i]!]!;
   }
@@ -129,5 +130,10 @@ export function addWireInto(bytes: Uint8Array, c: WireCompression, acc: Float32A
 /** x = decode(encode(x)) in place: what a peer will see of x. Keeps ranks bitwise equal. */
 export function roundToWire(x: Float32Array, c: WireCompression): void {
   if (c === 'none') return;
+  if (c === 'bf16') {
+    const done = roundBf16Simd(x);
+    if (done < x.length) decodeWireInto(encodeWire(x.subarray(done), c), c, x.subarray(done));
+    return;
+  }
   decodeWireInto(encodeWire(x, c), c, x);
 }
