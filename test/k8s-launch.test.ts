@@ -228,7 +228,13 @@ test('mutual TLS: a config with security.tls needs the parti-tls Secret and file
   const missing = await rejection(applyJob({ configFile: mtls, image: IMAGE, workers: 2, kubeconfig }));
   assert.match(missing.message, /^secret parti-tls not found in namespace ml-team: create it first, e\.g\. `kubectl -n ml-team create secret generic parti-tls .*parti certs init --out DIR/);
   assert.deepEqual(writes(), []);
+  // mounted optionally, so a Secret without a key the config reads would only show as failing pods
   fake.put('secrets', NS, { metadata: { name: 'parti-tls' }, data: { 'ca.crt': 'eA==' } });
+  const incomplete = await rejection(applyJob({ configFile: mtls, image: IMAGE, workers: 2, kubeconfig }));
+  assert.match(incomplete.message, /^secret parti-tls in namespace ml-team has no key coordinator\.crt, coordinator\.key, worker\.crt, worker\.key, token \(/);
+  assert.deepEqual(writes(), []);
+  const b64 = 'eA==';
+  fake.put('secrets', NS, { metadata: { name: 'parti-tls' }, data: { 'ca.crt': b64, 'coordinator.crt': b64, 'coordinator.key': b64, 'worker.crt': b64, 'worker.key': b64, token: b64 } });
   await applyJob({ configFile: mtls, image: IMAGE, workers: 2, kubeconfig });
   assert.ok(fake.summary().includes(`GET /api/v1/namespaces/${NS}/secrets/parti-tls`));
   // every pod mounts the Secret, with its own role's certificate under the names the config uses
@@ -244,6 +250,13 @@ test('mutual TLS: a config with security.tls needs the parti-tls Secret and file
     applyJob({ configFile: writeClusterConfig('tiny', [['  plaintextBind: as-configured\n  # tls: { ca: /etc/parti/tls/ca.crt', '  tls: { ca: /home/me/ca.crt']]), image: IMAGE, workers: 2, kubeconfig }),
   );
   assert.match(elsewhere.message, /security\.tls\.ca: must be a file in \/etc\/parti\/tls\/ in a cluster .*got \/home\/me\/ca\.crt$/);
+  // `..` does not lead out of the mount
+  const escaping = await rejection(
+    applyJob({ configFile: writeClusterConfig('tiny', [['  plaintextBind: as-configured\n  # tls: { ca: /etc/parti/tls/ca.crt', '  tls: { ca: /etc/parti/tls/../../../home/me/ca.crt']]), image: IMAGE, workers: 2, kubeconfig }),
+  );
+  assert.match(escaping.message, /security\.tls\.ca: must be a file in \/etc\/parti\/tls\/ in a cluster .*got \/etc\/parti\/tls\/\.\.\/\.\.\/\.\.\/home\/me\/ca\.crt$/);
+  const tokenElsewhere = await rejection(applyJob({ configFile: writeClusterConfig('tiny', [['  # tokenFile: /etc/parti/tls/token', '  tokenFile: /var/run/parti/token']]), image: IMAGE, workers: 2, kubeconfig }));
+  assert.match(tokenElsewhere.message, /security\.tokenFile: must be a file in \/etc\/parti\/tls\/ in a cluster .*got \/var\/run\/parti\/token$/);
   const loopback = await rejection(applyJob({ configFile: writeClusterConfig('tiny', [['plaintextBind: as-configured', 'plaintextBind: loopback']]), image: IMAGE, workers: 2, kubeconfig }));
   assert.match(loopback.message, /security: set tls \(files in \/etc\/parti\/tls\/\) or plaintextBind: as-configured in a cluster/);
 });

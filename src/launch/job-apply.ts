@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { PatchStrategy, setHeaderOptions, type V1Job } from '@kubernetes/client-node';
+import { posix } from 'node:path';
+import { PatchStrategy, setHeaderOptions, type V1Job, type V1Secret } from '@kubernetes/client-node';
 import { loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { PartiError, usageError } from '../errors.ts';
@@ -48,7 +49,7 @@ export interface AppliedObject {
 const NAMESPACE_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Validates the options and the config and builds the job's objects; touches no cluster. */
-export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; objects: JobObjects; mtls: boolean } {
+export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; objects: JobObjects; mtls: boolean; tlsKeys: string[] } {
   if (!options.image || /\s/.test(options.image)) throw usageError('--image', `an image reference (registry/name:tag), got "${options.image ?? ''}"`);
   if (options.workers !== undefined && (!Number.isInteger(options.workers) || options.workers < 1 || options.workers > 10000)) {
     throw usageError('--workers', `an integer from 1 to 10000, got ${options.workers}`);
@@ -80,7 +81,7 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
     dashboardSecret: options.dashboardSecret ?? DEFAULT_DASHBOARD_SECRET,
     tlsSecret: options.tlsSecret ?? DEFAULT_TLS_SECRET,
   };
-  return { input, objects: buildJobObjects(input), mtls: config.security.tls !== undefined };
+  return { input, objects: buildJobObjects(input), mtls: config.security.tls !== undefined, tlsKeys: tlsSecretKeys(config) };
 }
 
 /**
@@ -98,8 +99,15 @@ export async function applyJob(options: LaunchOptions & ClusterOptions): Promise
   await checkNamespace(cluster, namespace);
   await checkSecret(cluster, namespace, prepared.input.s3Secret!, 'AWS_ACCESS_KEY_ID=… --from-literal=AWS_SECRET_ACCESS_KEY=…');
   await checkSecret(cluster, namespace, prepared.input.dashboardSecret!, 'token=$(openssl rand -hex 24)');
-  if (prepared.mtls) {
-    await checkSecret(cluster, namespace, prepared.input.tlsSecret!, 'token=$(openssl rand -hex 24) --from-file=DIR/ca.crt --from-file=DIR/coordinator.crt --from-file=DIR/coordinator.key --from-file=DIR/worker.crt --from-file=DIR/worker.key` (DIR from `parti certs init --out DIR`');
+  if (prepared.tlsKeys.length > 0) {
+    // Every pod mounts the Secret optionally: a missing key would only show as pods failing on it.
+    await checkSecret(
+      cluster,
+      namespace,
+      prepared.input.tlsSecret!,
+      'token=$(openssl rand -hex 24) --from-file=DIR/ca.crt --from-file=DIR/coordinator.crt --from-file=DIR/coordinator.key --from-file=DIR/worker.crt --from-file=DIR/worker.key` (DIR from `parti certs init --out DIR`)',
+      prepared.tlsKeys,
+    );
   }
   // Decide about the worker Job before changing anything, so a refused launch changes nothing.
   const jobPlan = await planWorkerJob(cluster, namespace, prepared.input.name, objects.workers);
@@ -219,9 +227,10 @@ async function checkNamespace(cluster: Cluster, namespace: string): Promise<void
   }
 }
 
-async function checkSecret(cluster: Cluster, namespace: string, name: string, literals: string): Promise<void> {
+async function checkSecret(cluster: Cluster, namespace: string, name: string, literals: string, keys: readonly string[] = []): Promise<void> {
+  let secret: V1Secret;
   try {
-    await cluster.core.readNamespacedSecret({ name, namespace });
+    secret = await cluster.core.readNamespacedSecret({ name, namespace });
   } catch (err) {
     const status = apiStatus(err);
     if (status === 404) {
@@ -232,6 +241,11 @@ async function checkSecret(cluster: Cluster, namespace: string, name: string, li
       return;
     }
     throw clusterError(cluster, `read secret ${name} in namespace ${namespace}`, err);
+  }
+  const present = new Set([...Object.keys(secret.data ?? {}), ...Object.keys(secret.stringData ?? {})]);
+  const missing = keys.filter((k) => !present.has(k));
+  if (missing.length > 0) {
+    throw new PartiError('usage', `secret ${name} in namespace ${namespace} has no key ${missing.join(', ')} (the config's security section reads them in the pods): recreate it, e.g. \`kubectl -n ${namespace} create secret generic ${name} --from-literal=${literals}`);
   }
 }
 
@@ -254,11 +268,16 @@ function checkClusterReady(file: string, config: Config): void {
   const sec = config.security;
   if (sec.tls) {
     for (const [field, path] of Object.entries({ ca: sec.tls.ca, cert: sec.tls.cert, key: sec.tls.key })) {
-      if (!path.startsWith(`${TLS_MOUNT_DIR}/`)) {
+      if (!inTlsMount(path)) {
         throw new PartiError('config', `${file}: security.tls.${field}: must be a file in ${TLS_MOUNT_DIR}/ in a cluster (where the TLS Secret is mounted: ca.crt, tls.crt, tls.key), got ${path}`);
       }
     }
-  } else if (sec.plaintextBind !== 'as-configured') {
+  }
+  // The pods mount nothing else a token could be read from (the config's own folder is a ConfigMap).
+  if (sec.tokenFile !== undefined && !inTlsMount(sec.tokenFile)) {
+    throw new PartiError('config', `${file}: security.tokenFile: must be a file in ${TLS_MOUNT_DIR}/ in a cluster (the TLS Secret's key \`token\` is mounted as ${TLS_MOUNT_DIR}/token), got ${sec.tokenFile}`);
+  }
+  if (!sec.tls && sec.plaintextBind !== 'as-configured') {
     throw new PartiError('config', `${file}: security: set tls (files in ${TLS_MOUNT_DIR}/) or plaintextBind: as-configured in a cluster (without TLS parti binds 127.0.0.1 only, and pods could not reach each other)`);
   }
   if (!config.checkpoint.atEnd) {
@@ -300,4 +319,20 @@ export function isSubset(want: unknown, have: unknown): boolean {
     return Object.entries(want).every(([k, v]) => isSubset(v, (have as Record<string, unknown>)[k]));
   }
   return want === have;
+}
+
+/** A path inside the TLS Secret's mount, also once `..` is resolved (`/etc/parti/tls/../x` is not). */
+function inTlsMount(path: string): boolean {
+  return posix.isAbsolute(path) && posix.normalize(path).startsWith(`${TLS_MOUNT_DIR}/`);
+}
+
+/**
+ * The keys of the TLS Secret that the config reads through its mount: with security.tls, the CA
+ * and both roles' certificates and keys; `token` when security.tokenFile is the mounted token.
+ */
+function tlsSecretKeys(config: Config): string[] {
+  const keys: string[] = config.security.tls ? ['ca.crt', 'coordinator.crt', 'coordinator.key', 'worker.crt', 'worker.key'] : [];
+  const tokenFile = config.security.tokenFile;
+  if (tokenFile !== undefined && posix.normalize(tokenFile) === `${TLS_MOUNT_DIR}/token`) keys.push('token');
+  return keys;
 }
