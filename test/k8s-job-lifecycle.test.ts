@@ -7,7 +7,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Cluster, checkExactlyOnce, linearConfig } from './orchestration-harness.ts';
-import { EXIT_FINISHED, EXIT_JOB_STOPPED, EXIT_PREEMPTED } from '../src/worker/worker-exit-code.ts';
+import { EXIT_FINISHED, EXIT_JOB_STOPPED, EXIT_PREEMPTED, jobFinished, workerExitCode } from '../src/worker/worker-exit-code.ts';
+import { Coordinator, type CoordinatorOptions } from '../src/coordinator/coordinator.ts';
+import { StepPlan } from '../src/coordinator/step-samples.ts';
+import { fromGrpcError, toGrpcStatus, type Command } from '../src/coordinator/protocol.ts';
+import { EpochPlan } from '../src/data/epoch-plan.ts';
 
 const SAMPLES = 240;
 const STEPS = 24;
@@ -94,5 +98,73 @@ test('exit codes for the Job (143 preempted, 75 coordinator stopped, 0 done) and
     assert.equal(await within(c3.exited, 30_000, 'coordinator-3 on SIGTERM'), 0);
   } finally {
     await cluster.killAll();
+  }
+});
+
+// The worker's exit code rests on the coordinator's words (the protocol carries no typed "finished"):
+// its stop reason at the end and its refusal of a join after the end, as they cross the wire. This
+// pins them to the real Coordinator, so a rewording fails here and not in a cluster.
+test('the worker\'s exit-code rules match what the real coordinator says at the end, on a stop and to a late join', () => {
+  const options = (): CoordinatorOptions => ({
+    jobId: 'job', configHash: 'h', totalSteps: 1, microBatch: 2,
+    plan: new StepPlan(new EpochPlan([{ samples: 20 }], { seed: 0, globalBatch: 4 })),
+    targetWorkers: 1, minWorkers: 1, heartbeatMs: 50, failureTimeoutMs: 60_000, stepDeadlineMs: 60_000,
+    zeroStage: 0, checkpointEvery: 0, checkpointAtEnd: false, checkpoints: null, ledgerFile: null,
+  });
+  const join = (c: Coordinator, name: string) => c.join({ jobId: 'job', configHash: 'h', workerName: name, collectiveAddress: `${name}:1`, paramCount: 10 }).workerId;
+  const report = (c: Coordinator, workerId: string, kind: 'READY' | 'REDUCED', epoch: number, step: number) =>
+    c.report({
+      jobId: 'job', workerId, kind, epoch, step, loss: 1, nonFinite: false, computeMs: 1, allReduceMs: 1, optimizerMs: 0, samples: 1,
+      optimizerStateBytes: 0, gradNorm: 0, error: '', checkpointObjectsJson: '', learningRate: 0, tokens: 0, allReduceBytes: 0, skippedSamples: {}, snapshotMs: 0,
+    });
+  /** A late join's refusal as the worker's runtime sees it (through the gRPC status mapping). */
+  const lateJoin = (c: Coordinator) => {
+    try {
+      join(c, 'late');
+    } catch (err) {
+      return fromGrpcError(toGrpcStatus(err), 'coordinator c:7070 join');
+    }
+    assert.fail('the late join was accepted');
+  };
+
+  // All steps run: the stop reason means "finished" (exit 0), signalled or not; so does a late join's refusal.
+  const done = new Coordinator(options());
+  try {
+    const commands: Command[] = [];
+    const id = join(done, 'a');
+    done.attach(id, (cmd) => commands.push(cmd), () => {});
+    const r = commands.at(-1)!.reconfigure!;
+    report(done, id, 'READY', r.epoch, r.step);
+    const s = commands.at(-1)!.step!;
+    report(done, id, 'REDUCED', s.epoch, s.step);
+    const stop = commands.find((c) => c.stop)?.stop;
+    assert.ok(stop, `a stop command after the last step: ${JSON.stringify(commands.map((c) => Object.keys(c)[0]))}`);
+    assert.equal(workerExitCode({ reason: stop.reason, signalled: false }), EXIT_FINISHED, stop.reason);
+    assert.equal(workerExitCode({ reason: stop.reason, signalled: true }), EXIT_FINISHED, stop.reason);
+    const refused = lateJoin(done);
+    assert.equal(refused.code, 'refused');
+    assert.ok(jobFinished(refused.message), refused.message);
+  } finally {
+    done.close();
+  }
+
+  // Stopped before the end (a rollout): not finished, 75 (143 when the worker itself was signalled).
+  const stopped = new Coordinator(options());
+  try {
+    const commands: Command[] = [];
+    const id = join(stopped, 'a');
+    stopped.attach(id, (cmd) => commands.push(cmd), () => {});
+    stopped.requestStop('SIGTERM');
+    const r = commands.find((c) => c.reconfigure)?.reconfigure;
+    if (r && !commands.some((c) => c.stop)) report(stopped, id, 'READY', r.epoch, r.step);
+    const s = commands.at(-1)?.step;
+    if (s && !commands.some((c) => c.stop)) report(stopped, id, 'REDUCED', s.epoch, s.step);
+    const stop = commands.find((c) => c.stop)?.stop;
+    assert.ok(stop, `a stop command: ${JSON.stringify(commands.map((c) => Object.keys(c)[0]))}`);
+    assert.equal(stopped.step, 0, 'stopped before its last step');
+    assert.equal(workerExitCode({ reason: stop.reason, signalled: false }), EXIT_JOB_STOPPED, stop.reason);
+    assert.equal(workerExitCode({ reason: stop.reason, signalled: true }), EXIT_PREEMPTED, stop.reason);
+  } finally {
+    stopped.close();
   }
 });
