@@ -12,6 +12,10 @@ import { Coordinator, type CoordinatorOptions } from '../src/coordinator/coordin
 import { StepPlan } from '../src/coordinator/step-samples.ts';
 import { fromGrpcError, toGrpcStatus, type Command } from '../src/coordinator/protocol.ts';
 import { EpochPlan } from '../src/data/epoch-plan.ts';
+import { createServer, type Server } from 'node:net';
+import { rmSync } from 'node:fs';
+import { parseConfig } from '../src/config/load.ts';
+import { runCoordinator } from '../src/coordinator/coordinator-process.ts';
 
 const SAMPLES = 240;
 const STEPS = 24;
@@ -166,5 +170,35 @@ test('the worker\'s exit-code rules match what the real coordinator says at the 
     assert.equal(workerExitCode({ reason: stop.reason, signalled: true }), EXIT_PREEMPTED, stop.reason);
   } finally {
     stopped.close();
+  }
+});
+
+function listen(port: number): Promise<Server> {
+  const server = createServer();
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '0.0.0.0', () => resolve(server));
+  });
+}
+
+// In a cluster the dashboard must have its configured port (the Service and probes use it): when it
+// is taken the coordinator fails, and must leave nothing behind (its gRPC server, signal handlers).
+test('a coordinator whose dashboard port is taken fails and closes its service and signal handlers', { timeout: 30_000 }, async () => {
+  const cluster = new Cluster('k8s-dashboard-port');
+  const taken = await listen(0);
+  try {
+    const dashboardPort = (taken.address() as { port: number }).port;
+    const probe = await listen(0);
+    const grpcPort = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const config = parseConfig(linearConfig({ workers: 1 }, { steps: 4 }, { dashboard: { host: '0.0.0.0', port: dashboardPort, allowUnauthenticated: true } }), 'job');
+    const listeners = ['SIGINT', 'SIGTERM'].map((s) => process.listenerCount(s));
+    await assert.rejects(runCoordinator(config, { runDir: cluster.dir, host: '0.0.0.0', port: grpcPort }), new RegExp(`dashboard\\.port: cannot listen on 0\\.0\\.0\\.0:${dashboardPort} \\(EADDRINUSE\\)`));
+    assert.deepEqual(['SIGINT', 'SIGTERM'].map((s) => process.listenerCount(s)), listeners, 'signal handlers removed');
+    // the coordinator's gRPC port is free again
+    await new Promise((r) => listen(grpcPort).then((s) => s.close(r)));
+  } finally {
+    await new Promise((r) => taken.close(r));
+    rmSync(cluster.dir, { recursive: true, force: true });
   }
 });

@@ -72,43 +72,46 @@ export async function runCoordinator(config: Config, o: CoordinatorProcessOption
   let endServing: (() => void) | null = null;
   let serving = false;
   let signalled = false;
-  const onSignal = (sig: NodeJS.Signals) => {
+  const stopOrEndServing = (why: string) => {
     signalled = true;
     if (serving) endServing?.();
-    else coordinator.requestStop(`${sig}`);
+    else coordinator.requestStop(why);
   };
+  const onSignal = (sig: NodeJS.Signals) => stopOrEndServing(`${sig}`);
   for (const s of signals) process.on(s, onSignal);
   const parent = process.ppid;
-  const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && coordinator.requestStop('the launcher is gone'), 1000) : null;
+  // (a finished job served for a launcher that is gone ends too)
+  const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && stopOrEndServing('the launcher is gone'), 1000) : null;
   parentWatch?.unref();
   if (o.onStep) coordinator.subscribe((e) => e.type === 'step' && o.onStep!(e.step));
   let dashboard: CoordinatorDashboard | null = null;
-  if (config.dashboard.enabled) {
-    const stage = jobStage(config);
-    dashboard = await startCoordinatorDashboard(coordinator, config.dashboard, {
-      name: config.name,
-      stage: stage.stage,
-      batchSize: stage.batch,
-      checkpointStore: checkpointUrl(config, o.runDir),
-      // The gallery samples committed checkpoints with the run's tokenizer (dashboard.gallery).
-      generation: { config, runDir: o.runDir },
-      // Several local coordinators may share a machine; a cluster's Service needs the configured port.
-      onPortInUse: ['127.0.0.1', 'localhost', '::1'].includes(config.dashboard.host) ? 'any-free-port' : 'fail',
-    });
-    o.onDashboard?.(dashboard.url);
-  }
-  o.onListening?.(server.address);
-  log.child({ role: 'coordinator' }).info(
-    { job: opts.jobId, configHash: opts.configHash, steps: opts.totalSteps, workers: opts.targetWorkers, minWorkers: opts.minWorkers, zeroStage: opts.zeroStage },
-    'job ready',
-  );
-  const served = serveFinished ? new Promise<void>((resolve) => (endServing = resolve)) : null;
-  if (serveFinished && finishedBefore) {
-    // Nothing to train: end the job now, so that workers that join are told it has finished.
-    log.child({ role: 'coordinator' }).info({ step: coordinator.step, steps: opts.totalSteps }, 'the job finished before this coordinator started (its latest checkpoint is at the last step)');
-    coordinator.requestStop('all steps done');
-  }
+  // Everything from here on is undone in `finally`, also when the dashboard cannot start.
   try {
+    if (config.dashboard.enabled) {
+      const stage = jobStage(config);
+      dashboard = await startCoordinatorDashboard(coordinator, config.dashboard, {
+        name: config.name,
+        stage: stage.stage,
+        batchSize: stage.batch,
+        checkpointStore: checkpointUrl(config, o.runDir),
+        // The gallery samples committed checkpoints with the run's tokenizer (dashboard.gallery).
+        generation: { config, runDir: o.runDir },
+        // Several local coordinators may share a machine; a cluster's Service needs the configured port.
+        onPortInUse: ['127.0.0.1', 'localhost', '::1'].includes(config.dashboard.host) ? 'any-free-port' : 'fail',
+      });
+      o.onDashboard?.(dashboard.url);
+    }
+    o.onListening?.(server.address);
+    log.child({ role: 'coordinator' }).info(
+      { job: opts.jobId, configHash: opts.configHash, steps: opts.totalSteps, workers: opts.targetWorkers, minWorkers: opts.minWorkers, zeroStage: opts.zeroStage },
+      'job ready',
+    );
+    const served = serveFinished ? new Promise<void>((resolve) => (endServing = resolve)) : null;
+    if (serveFinished && finishedBefore) {
+      // Nothing to train: end the job now, so that workers that join are told it has finished.
+      log.child({ role: 'coordinator' }).info({ step: coordinator.step, steps: opts.totalSteps }, 'the job finished before this coordinator started (its latest checkpoint is at the last step)');
+      coordinator.requestStop('all steps done');
+    }
     const done = await coordinator.done;
     // let the stop commands reach the workers before the server goes
     await new Promise((r) => setTimeout(r, 200));
