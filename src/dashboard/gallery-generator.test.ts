@@ -1,6 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
@@ -125,5 +126,39 @@ test('without prompts or a period the gallery is off and starts no thread', () =
     g.warm();
     assert.equal(g.checkpointCommitted(100), false);
     assert.deepEqual(g.counts, { done: 0, failed: 0, skipped: 0 });
+  }
+});
+
+test('a checkpoint store that does not answer does not hold the gallery: a failed generation ends within the deadline', { timeout: 45_000 }, async () => {
+  // An S3 endpoint that accepts connections and never answers (a partitioned network).
+  const sockets: Socket[] = [];
+  const silent = createServer((socket) => sockets.push(socket));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const env = { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${(silent.address() as { port: number }).port}`, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'x', AWS_SECRET_ACCESS_KEY: 'y' };
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    const store = new RunStateStore({ jobId: 'j', name: 'j', configHash: hash, galleryKeep: 20 });
+    // No tokenizer: the thread fails at once; then the store is asked whether the checkpoint is still there.
+    const g = new GalleryGenerator({
+      store,
+      gallery: gallerySchema.parse({ prompts: ['a red circle'], everySteps: 4 }),
+      source: { ...source, checkpointStore: 's3://silent-bucket/ckpt', tokenizerDir: join(dir, 'no-tokenizer') },
+      timeoutMs: 3000,
+    });
+    generators.push(g);
+    assert.equal(g.checkpointCommitted(4), true);
+    const alive = setInterval(() => {}, 1000);
+    try {
+      await g.idle();
+    } finally {
+      clearInterval(alive);
+    }
+    assert.deepEqual(g.counts, { done: 0, failed: 1, skipped: 0 });
+    assert.match(store.events(0).events[0]!.message, /^gallery samples of step 4 failed: .*no trained image tokenizer/);
+  } finally {
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    for (const socket of sockets) socket.destroy();
+    await new Promise((r) => silent.close(r));
   }
 });

@@ -153,6 +153,7 @@ export class GalleryGenerator {
     const id = ++this.#lastId;
     const timeoutMs = this.#o.timeoutMs ?? 600_000;
     const timer = setTimeout(() => {
+      if (this.#inFlight?.id !== id) return;
       const t = this.#thread;
       this.#thread = null;
       this.#fail(id, step, `no samples within ${Math.round(timeoutMs / 1000)} s; the sampling thread was stopped`);
@@ -176,7 +177,16 @@ export class GalleryGenerator {
       // Retention (checkpoint.keep) may delete a checkpoint before it is read, when checkpoints
       // come faster than samples: that one is skipped, not a failure; the next due one is sampled.
       clearTimeout(f.timer);
-      void this.#stillCommitted(reply.step).then((committed) => {
+      // The listing gets a deadline of its own: a store that does not answer must not hold the
+      // gallery (the generation's timer is gone, and every later checkpoint would only wait).
+      const listMs = Math.min(this.#o.timeoutMs ?? 600_000, 60_000);
+      let listTimer: NodeJS.Timeout | undefined;
+      const late = new Promise<undefined>((resolve) => {
+        listTimer = setTimeout(() => resolve(undefined), listMs);
+        listTimer.unref();
+      });
+      void Promise.race([this.#stillCommitted(reply.step), late]).then((committed) => {
+        clearTimeout(listTimer);
         if (this.#inFlight !== f) return;
         if (committed !== false) return this.#fail(reply.id, reply.step, reply.message);
         this.#inFlight = null;
