@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { StepSummary } from '../coordinator/coordinator.ts';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { busBandwidth, bridgeCoordinator, startCoordinatorDashboard, stepRecordOf, type CoordinatorSource } from './coordinator-bridge.ts';
@@ -151,6 +151,41 @@ test('a coordinator dashboard lists the checkpoints already in its store, and ma
     const c30 = dash.store.checkpoints().at(-1)!;
     assert.deepEqual([c30.bytes, c30.saveSeconds, c30.snapshotSeconds], [120, 1.5, 0.012]);
     assert.equal(dash.gallery, null, 'the linear test model has no gallery');
+  } finally {
+    await dash.close();
+    await objects.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a manifest already in the store that cannot be read hides only itself from the list', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'parti-bridge-'));
+  const url = join(dir, 'checkpoints');
+  const objects = openStore(url);
+  for (const step of [10, 20, 30]) {
+    const ref = await writeCheckpointObject(objects, step, 'params.bin', new Float32Array(step));
+    await commitManifest(objects, { step, worldSize: 2, configHash: 'h', config: {}, cursor: null, rng: null, objects: [ref] }, { keep: 5 });
+  }
+  // step 10's manifest is not one (another tool's, or cut short)
+  writeFileSync(join(url, 'manifests', '000000000010.json'), '{"not": "a manifest"');
+  const source = {
+    opts: { jobId: 'j', configHash: 'h', totalSteps: 100, targetWorkers: 2, minWorkers: 2 },
+    phase: { kind: 'between-steps' },
+    step: 30,
+    epoch: 1,
+    ring: ['a', 'b'],
+    members: new Map(),
+    subscribe: () => () => {},
+  } as unknown as CoordinatorSource;
+  const dash = await startCoordinatorDashboard(source, dashboardSchema.parse({ port: 0 }), { name: 'j', stage: 'linear-test', checkpointStore: url });
+  try {
+    const deadline = Date.now() + 10_000;
+    while (dash.store.checkpoints().length < 2) {
+      assert.ok(Date.now() < deadline, `listed: ${JSON.stringify(dash.store.checkpoints().map((c) => c.step))}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.deepEqual(dash.store.checkpoints().map((c) => c.step), [20, 30]);
+    assert.equal(dash.store.job().lastCheckpointStep, 30);
   } finally {
     await dash.close();
     await objects.close();

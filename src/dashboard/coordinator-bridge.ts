@@ -365,6 +365,9 @@ function galleryFor(store: RunStateStore, config: DashboardConfig, info: Coordin
   return generator;
 }
 
+/** How long closing the dashboard waits for a checkpoint-store listing still running (ms). */
+const RETENTION_CLOSE_MS = 10_000;
+
 /**
  * Marks checkpoints deleted once retention (checkpoint.keep) removed them: the commit prunes
  * older manifests before the coordinator reports it, so the store is listed after each commit,
@@ -374,22 +377,35 @@ function retentionWatch(store: RunStateStore, url: string): { listCommitted(uri:
   let objects: ObjectStore | null = null;
   let chain: Promise<void> = Promise.resolve();
   let closed = false;
+  // Closing: the start-up listing stops reading manifests (a store may hold many).
+  let closing = false;
   return {
     listCommitted(uri) {
       chain = chain.then(async () => {
+        let steps: number[];
+        let list: ObjectStore;
         try {
-          objects ??= openStore(url);
-          for (const step of await listCheckpointSteps(objects)) {
-            if (closed || store.checkpoints().some((c) => c.step === step)) continue;
-            const m = await readManifest(objects, step);
+          list = objects ??= openStore(url);
+          steps = await listCheckpointSteps(list);
+        } catch (err) {
+          log.warn({ store: url, err: (err as Error).message }, 'dashboard: cannot list the checkpoints already in the store');
+          return;
+        }
+        for (const step of steps) {
+          if (closing) return;
+          if (store.checkpoints().some((c) => c.step === step)) continue;
+          // One manifest that cannot be read (deleted by retention meanwhile, or not ours) hides only itself.
+          try {
+            const m = await readManifest(list, step);
+            if (store.checkpoints().some((c) => c.step === step)) continue; // committed meanwhile: the live one is richer
             const time = Date.parse(m.committedAt);
             store.addCheckpoint(
               { step, time: Number.isFinite(time) ? time : Date.now(), uri: uri(step), bytes: m.objects.reduce((n, o) => n + o.size, 0), worldSize: m.worldSize },
               { found: true },
             );
+          } catch (err) {
+            log.warn({ store: url, step, err: (err as Error).message }, 'dashboard: cannot read a checkpoint already in the store; not listed');
           }
-        } catch (err) {
-          log.warn({ store: url, err: (err as Error).message }, 'dashboard: cannot list the checkpoints already in the store');
         }
       });
     },
@@ -406,8 +422,14 @@ function retentionWatch(store: RunStateStore, url: string): { listCommitted(uri:
       });
     },
     async close() {
-      // The last commit's listing still runs (the page learns of its deletions before the end).
-      await chain;
+      closing = true;
+      // The last commit's listing still runs (the page learns of its deletions before the end),
+      // within a deadline: a store that does not answer must not hold the coordinator's exit.
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), RETENTION_CLOSE_MS)));
+      const outcome = await Promise.race([chain.then(() => 'listed' as const), late]);
+      clearTimeout(timer);
+      if (outcome === 'late') log.warn({ store: url, ms: RETENTION_CLOSE_MS }, 'dashboard: the checkpoint store did not answer in time; closing without its last listing');
       closed = true;
       await objects?.close();
     },
