@@ -202,3 +202,35 @@ test('a coordinator whose dashboard port is taken fails and closes its service a
     rmSync(cluster.dir, { recursive: true, force: true });
   }
 });
+
+// A worker pod deleted while its coordinator is away (both pods being replaced): it has no
+// membership and nothing in flight, so it leaves at once with 143, not after runtime.reconnectMs
+// (120 s by default, the pod's whole grace period: the kubelet's SIGKILL, 137, would count as a failure).
+test('a worker told to leave while it cannot reach its coordinator leaves at once with 143', { timeout: 60_000 }, async () => {
+  const cluster = new Cluster('k8s-leave-joining');
+  try {
+    const probe = await listen(0);
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const cfg = cluster.config('job', linearConfig({ workers: 1, reconnectMs: 120_000 }, { steps: 4 }, { dashboard: { enabled: false } }));
+    // (its 'worker started' line is at level info, whatever the suite runs with)
+    const level = process.env.PARTI_LOG_LEVEL;
+    process.env.PARTI_LOG_LEVEL = 'info';
+    const orphan = cluster.worker(cfg, `127.0.0.1:${port}`, 'orphan');
+    if (level === undefined) delete process.env.PARTI_LOG_LEVEL;
+    else process.env.PARTI_LOG_LEVEL = level;
+    let stderr = '';
+    orphan.proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const deadline = Date.now() + 20_000;
+    while (!/worker started; joining the coordinator/.test(stderr)) {
+      assert.ok(Date.now() < deadline && orphan.proc.exitCode === null, `the worker did not start: ${stderr.slice(-1000)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    orphan.proc.kill('SIGTERM');
+    assert.equal(await within(orphan.exited, 20_000, 'the worker after SIGTERM'), EXIT_PREEMPTED);
+    assert.match(stderr, /left while joining the coordinator/);
+  } finally {
+    await cluster.killAll();
+    rmSync(cluster.dir, { recursive: true, force: true });
+  }
+});

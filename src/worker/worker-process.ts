@@ -89,9 +89,17 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
     security: { resolved: security, config: config.security },
   });
   let signalled = false;
+  // A worker asked to leave while it has no coordinator (joining: no membership, no step in flight)
+  // has nothing to finish at a step boundary, but the runtime's join goes on trying for
+  // runtime.reconnectMs (as long as a pod's grace period by default, so the kubelet's SIGKILL, 137,
+  // would count as a failure): it stops waiting for it and leaves now.
+  let leftWhileJoining: (() => void) | null = null;
+  const noCoordinator = new Promise<void>((resolve) => (leftWhileJoining = resolve));
+  let joiningWatch: NodeJS.Timeout | null = null;
   const leave = (why: string) => {
     signalled = true;
     void runtime.requestLeave(why);
+    joiningWatch ??= setInterval(() => runtime.state === 'joining' && leftWhileJoining?.(), 200);
   };
   const onSignal = (sig: NodeJS.Signals) => leave(sig);
   process.on('SIGTERM', onSignal);
@@ -99,11 +107,21 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
   const parent = process.ppid;
   const parentWatch = o.stopWithParent ? setInterval(() => process.ppid !== parent && leave('the launcher is gone'), 1000) : null;
   parentWatch?.unref();
+  // (says what a worker that waits for an unreachable coordinator is waiting for; signals are handled from here on)
+  log.child({ role: 'worker' }).info({ coordinator: o.coordinator, reconnectMs: rt.reconnectMs }, 'worker started; joining the coordinator');
   try {
     let exit: WorkerExit;
     let trained = true;
     try {
-      exit = await runtime.run();
+      const run = runtime.run();
+      const ended = await Promise.race([run.then((x) => ({ x })), noCoordinator.then(() => null)]);
+      if (ended) exit = ended.x;
+      else {
+        // (the abandoned run ends with the process: the CLI exits at once)
+        run.catch(() => {});
+        exit = { reason: 'left while joining the coordinator (no membership, nothing in flight)', applied: 0 };
+        trained = false;
+      }
     } catch (err) {
       // A worker (re)started after the end: the finished coordinator refuses its join. Its index
       // is done too, or a Job would start it again forever. A coordinator unreachable for
@@ -128,5 +146,6 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
     if (parentWatch) clearInterval(parentWatch);
+    if (joiningWatch) clearInterval(joiningWatch);
   }
 }
