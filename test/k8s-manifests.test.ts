@@ -94,6 +94,11 @@ test('the overlays wire the job together: names, selectors, config, secrets, pro
     const ignored = rules.filter((r: any) => r.action === 'Ignore' && r.onExitCodes).flatMap((r: any) => r.onExitCodes.values);
     assert.deepEqual([...ignored].sort((a, b) => a - b), [...RETRY_EXIT_CODES].sort((a, b) => a - b));
     assert.ok(!ignored.includes(EXIT_FINISHED) && ignored.includes(EXIT_PREEMPTED) && ignored.includes(EXIT_JOB_STOPPED));
+    // The API server wants onExitCodes values in ascending order, without repeats, and no 0 with In.
+    for (const r of rules.filter((x: any) => x.onExitCodes)) {
+      const v: number[] = r.onExitCodes.values;
+      assert.ok(v.every((x, i) => i === 0 || x > v[i - 1]!) && !(r.onExitCodes.operator === 'In' && v.includes(0)), `onExitCodes values ${JSON.stringify(v)}`);
+    }
     const resources = job.spec.template.spec.containers[0].resources;
     if (variant === 'gpu') {
       assert.equal(resources.limits['nvidia.com/gpu'], '1');

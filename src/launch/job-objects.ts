@@ -305,7 +305,8 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
         rules: [
           { action: 'FailJob', onExitCodes: { containerName: 'worker', operator: 'In', values: [2] } },
           { action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget', status: 'True' }] },
-          { action: 'Ignore', onExitCodes: { containerName: 'worker', operator: 'In', values: [...RETRY_EXIT_CODES] } },
+          // (the API server refuses values out of order or repeated, and 0 with In)
+          { action: 'Ignore', onExitCodes: { containerName: 'worker', operator: 'In', values: [...new Set(RETRY_EXIT_CODES)].sort((a, b) => a - b) } },
         ],
       },
       template: {
