@@ -31,7 +31,18 @@ const cfg = cluster.config('job', config);
 const hash = configHash(parseConfig(config, 'job'));
 
 after(async () => {
+  // A launcher's coordinator and workers are its children, not the harness's: when a test fails
+  // half-way they would outlive a killed launcher (and write into the removed directory).
+  const orphans = cluster.children.filter((c) => c.proc.exitCode === null && c.proc.signalCode === null).flatMap((c) => childPids(c.proc.pid!));
   await cluster.killAll();
+  for (const pid of orphans) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  await waitUntil(() => orphans.every((p) => !alive(p)), 10_000, 'the orphaned coordinator and workers gone').catch(() => {});
   rmSync(cluster.dir, { recursive: true, force: true });
 });
 
