@@ -65,7 +65,9 @@ const TRANSPOSE_2D = 'PartiTranspose2D';
 const HEAD_SPLIT = 'PartiHeadSplit';
 const HEAD_MERGE = 'PartiHeadMerge';
 const SCATTER_ROWS = 'PartiScatterRows';
-let slicedState: { raw: (...a: number[]) => void; shapes: number } | null | undefined;
+/** Per wasm backend instance: its BatchMatMul entry point and a 6-int scratch for shapes. */
+let slicedState: { backend: unknown; raw: (...a: number[]) => void; shapes: number } | null = null;
+let kernelsRegistered = false;
 
 function heapOffset(be: WasmInternals, t: tf.TensorInfo): number {
   return be.dataIdMap.get(t.dataId).memoryOffset;
@@ -304,13 +306,16 @@ function scatterRowsKernel(args: { inputs: tf.NamedTensorInfoMap; backend: unkno
 
 /** Registers the kernels above once, if this wasm backend has the internals they need. */
 function wasmKernelsUsable(): boolean {
-  if (slicedState !== undefined) return slicedState !== null;
-  slicedState = null;
-  const be = tf.backend() as unknown as Partial<WasmInternals> & { incRef?: unknown };
+  const current = tf.backend();
+  if (slicedState?.backend === current) return true;
+  const be = current as unknown as Partial<WasmInternals> & { incRef?: unknown };
   const w = be.wasm;
   if (!w || typeof w.cwrap !== 'function' || typeof w._malloc !== 'function' || !w.HEAPU8 || !w.tfjs?.registerTensor || !w.tfjs.disposeData) return false;
   if (!be.dataIdMap || typeof be.dataIdNextNumber !== 'number' || typeof be.makeOutput !== 'function' || typeof be.incRef !== 'function') return false;
-  slicedState = { raw: w.cwrap('BatchMatMul', null, Array(9).fill('number')), shapes: w._malloc(24) };
+  // A new backend instance (re-initialized wasm) gets its own entry point and scratch.
+  slicedState = { backend: current, raw: w.cwrap('BatchMatMul', null, Array(9).fill('number')), shapes: w._malloc(24) };
+  if (kernelsRegistered) return true;
+  kernelsRegistered = true;
   const kernels: [string, (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }) => tf.TensorInfo][] = [
     [SLICED_MATMUL, slicedKernel],
     [COLUMN_SUM, columnSumKernel],

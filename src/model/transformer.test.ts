@@ -2,7 +2,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from './backend.ts';
-import { batchMatmul, crossEntropy, embed, gelu, layerNorm, linear } from './ops.ts';
+import { batchMatmul, crossEntropy, embed, gelu, layerNorm, linear, splitHeadBlocks, sumRows, transpose2d } from './ops.ts';
 import { LayoutBuilder } from './param-layout.ts';
 import { addBlockParams, block, causalBias, dropout, EVAL_CONTEXT, type ForwardContext } from './transformer.ts';
 import { PartiModel } from './parti.ts';
@@ -193,5 +193,54 @@ test('dropout masks depend on (seed, step, sample id), not on batch composition'
     const other = dropout(ones, 0.5, ctx([10, 11], 6), 'site').arraySync();
     assert.notDeepEqual(other, both);
     assert.ok(both.flat().every((v) => v === 0 || v === 2));
+  });
+});
+
+test('the wasm fast kernels give the values and gradients of plain tfjs ops', () => {
+  tf.tidy(() => {
+    const close = (name: string, a: tf.Tensor, b: tf.Tensor, tol = 1e-5) => {
+      assert.deepEqual(a.shape, b.shape, `${name}: shape`);
+      const d = tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!;
+      const m = Math.max(1, tf.max(tf.abs(b)).dataSync()[0]!);
+      assert.ok(d <= tol * m, `${name}: differs by ${d}`);
+    };
+    // Batched product (one XNNPACK product per batch entry) and its gradient.
+    const a = tf.tensor3d(randomArray(5 * 7 * 9, 31), [5, 7, 9]);
+    const b = tf.tensor3d(randomArray(5 * 9 * 3, 32), [5, 9, 3]);
+    const wb = tf.tensor3d(randomArray(5 * 7 * 3, 33), [5, 7, 3]);
+    close('batchMatmul', batchMatmul(a, b), tf.matMul(a, b));
+    const gFast = tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(batchMatmul(x, y), wb)))([a, b]);
+    const gRef = tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(tf.matMul(x as tf.Tensor3D, y as tf.Tensor3D), wb)))([a, b]);
+    gFast.forEach((g, i) => close(`batchMatmul grad ${i}`, g, gRef[i]!));
+    // Transpose and row sums (odd sizes cross the 32-wide tiles).
+    const m = tf.tensor2d(randomArray(37 * 70, 34), [37, 70]);
+    close('transpose2d', transpose2d(m), tf.transpose(m));
+    close('sumRows', sumRows(m), tf.sum(m, 0));
+    // Head splits of q|k|v (keys transposed) and their gradient, with one output unused.
+    const [B, T, H, dh] = [3, 5, 2, 4];
+    const qkv = tf.tensor2d(randomArray(B * T * 3 * H * dh, 35), [B * T, 3 * H * dh]);
+    const ref = (x: tf.Tensor) =>
+      tf.split(x, 3, 1).map((blk, p) => {
+        const x4 = tf.reshape(blk, [B, T, H, dh]);
+        return p === 1 ? tf.reshape(tf.transpose(x4, [0, 2, 3, 1]), [B * H, dh, T]) : tf.reshape(tf.transpose(x4, [0, 2, 1, 3]), [B * H, T, dh]);
+      });
+    const fast = splitHeadBlocks(qkv, B, T, H, [false, true, false]);
+    ref(qkv).forEach((r, p) => close(`split ${p}`, fast[p]!, r, 0));
+    const w1 = tf.tensor3d(randomArray(B * H * dh * T, 36), [B * H, dh, T]);
+    const w2 = tf.tensor3d(randomArray(B * H * T * dh, 37), [B * H, T, dh]);
+    const loss = (parts: tf.Tensor[]) => tf.add(tf.sum(tf.mul(parts[1]!, w1)), tf.sum(tf.mul(parts[2]!, w2)));
+    close('split grad', tf.grad((x: tf.Tensor) => loss(splitHeadBlocks(x, B, T, H, [false, true, false])))(qkv), tf.grad((x: tf.Tensor) => loss(ref(x)))(qkv), 0);
+    // Linear (bias inside the product) and the embedding's scatter-add gradient.
+    const x = tf.tensor2d(randomArray(6 * 8, 38), [6, 8]);
+    const wt = tf.tensor2d(randomArray(8 * 5, 39), [8, 5]);
+    const bias = tf.tensor1d(randomArray(5, 40));
+    const wy = tf.tensor2d(randomArray(6 * 5, 41), [6, 5]);
+    const lin = tf.grads((p: tf.Tensor, q: tf.Tensor, r: tf.Tensor) => tf.sum(tf.mul(linear(p, q, r), wy)))([x, wt, bias]);
+    const linRef = tf.grads((p: tf.Tensor, q: tf.Tensor, r: tf.Tensor) => tf.sum(tf.mul(tf.add(tf.matMul(p as tf.Tensor2D, q as tf.Tensor2D), r), wy)))([x, wt, bias]);
+    lin.forEach((g, i) => close(`linear grad ${i}`, g, linRef[i]!));
+    const ids = tf.tensor1d([3, 0, 3, 6, 1, 3], 'int32');
+    const table = tf.tensor2d(randomArray(7 * 5, 42), [7, 5]);
+    const gEmbed = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(embed(ids, t), wy)))(table);
+    close('embed grad', gEmbed, tf.matMul(tf.transpose(tf.cast(tf.oneHot(ids, 7), 'float32')), wy));
   });
 });
