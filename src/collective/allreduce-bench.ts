@@ -2,7 +2,9 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import { PartiError } from '../errors.ts';
+import { collectiveSchema } from '../config/collective-schema.ts';
 import { RankCluster } from './rank-cluster.ts';
+import { collectiveNodeFlags } from './worker-node-flags.ts';
 import type { WireCompression } from './wire-compression.ts';
 
 /** What `parti bench allreduce` measures. */
@@ -20,6 +22,11 @@ export interface AllReduceBenchOptions {
   inflight: number;
   /** Also measure raw TCP between two Node processes (MiB sent). 0 skips it. */
   tcpMiB: number;
+  /**
+   * V8 --initial-old-space-size of the rank processes, MiB (0: V8's default). Default: the
+   * `collective.v8InitialOldSpaceMiB` default, what worker processes are to start with.
+   */
+  v8InitialOldSpaceMiB?: number;
 }
 
 /** One result line; GB/s are 1e9 bytes per second, as nccl-tests report them. */
@@ -56,7 +63,7 @@ export async function benchAllReduce(o: AllReduceBenchOptions, onRow: (row: AllR
     inflight: o.inflight,
     deadlineMs,
     maxMessageBytes: Math.max(64 << 20, o.chunkKiB * 1024 + 4096),
-  }));
+  }), 30_000, collectiveNodeFlags({ v8InitialOldSpaceMiB: o.v8InitialOldSpaceMiB ?? collectiveSchema.parse({}).v8InitialOldSpaceMiB }));
   try {
     const members = Array.from({ length: o.world }, (_, i) => i);
     await cluster.configure(1, members);

@@ -2,7 +2,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { PartiError } from '../errors.ts';
+import { collectiveSchema } from '../config/collective-schema.ts';
 import type { GrpcCollectiveNodeOptions } from './grpc-transport.ts';
+import { collectiveNodeFlags } from './worker-node-flags.ts';
 
 const RANK_PROCESS = fileURLToPath(new URL('./rank-process.ts', import.meta.url));
 
@@ -25,12 +27,21 @@ interface RankHandle {
 export class RankCluster {
   private constructor(readonly ranks: RankHandle[]) {}
 
-  static async start(count: number, options: (i: number) => GrpcCollectiveNodeOptions, timeoutMs = 30_000): Promise<RankCluster> {
+  /**
+   * `nodeFlags`: flags every rank process starts with; default those of the `collective` config
+   * section's defaults (collectiveNodeFlags), as a worker process gets them.
+   */
+  static async start(
+    count: number,
+    options: (i: number) => GrpcCollectiveNodeOptions,
+    timeoutMs = 30_000,
+    nodeFlags: string[] = collectiveNodeFlags(collectiveSchema.parse({})),
+  ): Promise<RankCluster> {
     const ranks: RankHandle[] = [];
     for (let i = 0; i < count; i++) {
       // PARTI_RANK_NODE_ARGS adds node flags to every rank process (e.g. --cpu-prof for profiling).
       const extra = (process.env.PARTI_RANK_NODE_ARGS ?? '').split(' ').filter(Boolean);
-      const child = spawn(process.execPath, [...extra, '--import', 'tsx', RANK_PROCESS, JSON.stringify(options(i))], {
+      const child = spawn(process.execPath, [...nodeFlags, ...extra, '--import', 'tsx', RANK_PROCESS, JSON.stringify(options(i))], {
         stdio: ['pipe', 'pipe', 'pipe'],
         env: { ...process.env, PARTI_LOG_FORMAT: 'json' },
       });

@@ -21,5 +21,14 @@ export const collectiveSchema = z.strictObject({
   maxMessageMiB: z.number().int().min(1).max(2047).default(64),
   /** HTTP/2 flow-control window of a worker's incoming streams, MiB. */
   flowControlWindowMiB: z.number().int().min(1).max(1024).default(64),
+  /**
+   * V8's `--initial-old-space-size` (MiB) for worker processes; 0 leaves V8's default. A process
+   * flag (not allowed in NODE_OPTIONS): whoever starts a worker puts `collectiveNodeFlags()`
+   * (src/collective/worker-node-flags.ts) on its command line. Why: grpc-js allocates a fresh
+   * buffer per message and V8 counts that memory against the old generation's limit, so with V8's
+   * small initial limit every all-reduce ran several full mark-compacts (cost growing with the
+   * worker's heap). Measured, 64 MiB on 2 ranks: cpu/rank 170-190 -> 105-124 ms with 256.
+   */
+  v8InitialOldSpaceMiB: z.number().int().min(0).max(65536).default(256),
 });
 export type CollectiveConfig = z.infer<typeof collectiveSchema>;
