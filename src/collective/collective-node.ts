@@ -24,7 +24,7 @@ export interface CollectiveNodeOptions {
   jobToken?: Uint8Array;
   /** Bytes of float32 per chunk (a chunk is one message on the wire). Default 4 MiB. */
   chunkBytes?: number;
-  /** Chunks in flight at once per collective. Default 4. */
+  /** Chunks in flight at once per collective. Default 1 (see collective-schema.ts `inflight`). */
   inflight?: number;
   /** Default deadline of one collective, ms. Default 60 000. */
   deadlineMs?: number;
@@ -105,7 +105,7 @@ function resolveOptions(o: CollectiveNodeOptions): Resolved {
     jobId: o.jobId,
     jobToken: o.jobToken ?? new Uint8Array(0),
     chunkBytes: o.chunkBytes ?? 4 << 20,
-    inflight: o.inflight ?? 4,
+    inflight: o.inflight ?? 1,
     deadlineMs: o.deadlineMs ?? 60_000,
     compress: o.compress ?? 'none',
     maxMessageBytes: o.maxMessageBytes ?? 64 << 20,
