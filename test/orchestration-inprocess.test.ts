@@ -3,7 +3,7 @@
 // world sizes, determinism, non-finite steps skipped everywhere, ZeRO-1, and a refused peer.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CollectiveNode } from '../src/collective/collective-node.ts';
@@ -20,6 +20,7 @@ import { StoreCheckpointCommitter } from '../src/coordinator/checkpoint-committe
 import { FileStore } from '../src/storage/file-store.ts';
 import { listCheckpointSteps } from '../src/storage/checkpoint-load.ts';
 import { CheckpointShards } from '../src/worker/checkpoint-shards.ts';
+import { CheckpointWriter } from '../src/storage/checkpoint-writer.ts';
 
 interface Run {
   params: Float32Array[];
@@ -29,9 +30,10 @@ interface Run {
   /** Committed checkpoints (with checkpointEvery), in commit order, and where they are. */
   checkpoints: number[];
   store: FileStore | null;
+  failedSaves: number;
 }
 
-async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: number[]; steps?: number; checkpointEvery?: number } = {}): Promise<Run> {
+async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: number[]; steps?: number; checkpointEvery?: number; failingUploads?: boolean } = {}): Promise<Run> {
   const dir = mkdtempSync(join(tmpdir(), 'parti-orch-'));
   const steps = opts.steps ?? 12;
   const plan = new StepPlan(new EpochPlan([{ samples: 40 }, { samples: 56 }], { seed: 3, globalBatch: 12 }));
@@ -57,7 +59,12 @@ async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: nu
   const hub = new InMemoryHub();
   // Upload threads loaded first: in one process, threads that load at once (tsx compiling the
   // store modules) can hold up the heartbeat threads past the failure timeout.
-  const shards = Array.from({ length: workers }, () => (store ? new CheckpointShards(store, 'hash') : null));
+  // Failing uploads: the workers' upload threads write under a path that is a file (every save fails).
+  const blocked = join(dir, 'blocked');
+  if (opts.failingUploads) writeFileSync(blocked, 'not a directory');
+  const shards = Array.from({ length: workers }, () =>
+    store ? new CheckpointShards(store, 'hash', opts.failingUploads ? { writer: new CheckpointWriter({ url: join(blocked, 'checkpoints'), transfer: false }) } : {}) : null,
+  );
   await Promise.all(shards.map((s) => s?.start()));
   const runtimes = Array.from({ length: workers }, (_, i) => {
     return new WorkerRuntime({
@@ -88,7 +95,7 @@ async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: nu
   try {
     const exits = await Promise.all(runtimes.map((r) => r.run()));
     assert.ok(exits.every((e) => e.applied === steps), `every worker applied ${steps} steps`);
-    return { params: runtimes.map((r) => r.params().slice()), ledger: readLedger(join(dir, 'ledger.jsonl')), skipped: coordinator.skippedSteps, optimizerStateBytes: bytes, checkpoints, store };
+    return { params: runtimes.map((r) => r.params().slice()), ledger: readLedger(join(dir, 'ledger.jsonl')), skipped: coordinator.skippedSteps, optimizerStateBytes: bytes, checkpoints, store, failedSaves: coordinator.failedSaves };
   } finally {
     coordinator.close();
     await server.close();
@@ -144,6 +151,15 @@ test('asynchronous checkpoints every step (ZeRO-1): training is unchanged, every
   const loaded = await new CheckpointShards(saved.store!, 'hash').load(8, 0, saved.params[0]!.length);
   assert.deepEqual(loaded.params, saved.params[0]);
   assert.equal(loaded.optimizer.updates, 8);
+});
+
+test('failed uploads: reported, nothing committed, every checkpoint step tries again, training goes on unchanged', { timeout: 60_000 }, async () => {
+  const plain = await runJob(2, { steps: 6 });
+  const failing = await runJob(2, { steps: 6, checkpointEvery: 2, failingUploads: true });
+  assert.deepEqual(failing.params[0], plain.params[0], 'the same parameters as without checkpoints');
+  assert.deepEqual(failing.checkpoints, [], 'nothing committed');
+  assert.equal(failing.failedSaves, 3, 'the saves of steps 2 and 4 and the final one at 6 each failed');
+  assert.deepEqual(await listCheckpointSteps(failing.store!), []);
 });
 
 test('a worker of another job or config is refused with a clear error on both sides', { timeout: 30_000 }, async () => {
