@@ -458,3 +458,32 @@ test('step summaries carry the skipped samples by reason (summed over ranks) and
     c.close();
   }
 });
+
+test('an aborted epoch while a save uploads (every rank alive): the re-form waits for that save, which commits only its own epoch\'s objects', async () => {
+  const store = recordingStore();
+  const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, totalSteps: 10 }));
+  try {
+    const a = new FakeWorker(c, 'a');
+    const b = new FakeWorker(c, 'b');
+    a.ready();
+    b.ready();
+    step(a, b);
+    step(a, b);
+    const ck = a.commands.at(-2)!.checkpoint!;
+    const s = a.last().step!;
+    a.report('FAILED', s.epoch, s.step, { error: 'collective-aborted: boom' });
+    await new Promise((r) => setTimeout(r, 200)); // past the backoff
+    assert.equal(c.phase.kind, 'checkpointing', 'the re-form waits for the save in flight');
+    assert.ok(!a.last().reconfigure, 'no new epoch yet');
+    // a report for the old epoch's save still counts: the objects are of step 2, whatever came after
+    a.report('CHECKPOINTED', ck.epoch, 2, { checkpointObjectsJson: objectsJson(2, 'params.bin') });
+    b.report('CHECKPOINTED', ck.epoch, 2, { checkpointObjectsJson: '[]' });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(store.committed, [{ step: 2, names: ['params.bin'] }]);
+    const r = a.last().reconfigure!;
+    assert.ok(r.epoch > ck.epoch, 'then the ring re-forms');
+    assert.equal(r.step, 2);
+  } finally {
+    c.close();
+  }
+});
