@@ -31,6 +31,8 @@ interface Run {
   checkpoints: number[];
   store: FileStore | null;
   failedSaves: number;
+  /** Learning rate of each committed step's summary. */
+  learningRates: number[];
 }
 
 async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: number[]; steps?: number; checkpointEvery?: number; failingUploads?: boolean } = {}): Promise<Run> {
@@ -89,13 +91,15 @@ async function runJob(workers: number, opts: { zeroStage?: 0 | 1; nonFinite?: nu
     if (e.type === 'event' && e.event.checkpoint) checkpoints.push(e.event.checkpoint.step);
   });
   const bytes: number[] = [];
+  const learningRates: number[] = [];
   coordinator.subscribe((e) => {
     if (e.type === 'step') bytes.splice(0, bytes.length, ...e.step.optimizerStateBytes);
+    if (e.type === 'step') learningRates.push(e.step.learningRate);
   });
   try {
     const exits = await Promise.all(runtimes.map((r) => r.run()));
     assert.ok(exits.every((e) => e.applied === steps), `every worker applied ${steps} steps`);
-    return { params: runtimes.map((r) => r.params().slice()), ledger: readLedger(join(dir, 'ledger.jsonl')), skipped: coordinator.skippedSteps, optimizerStateBytes: bytes, checkpoints, store, failedSaves: coordinator.failedSaves };
+    return { params: runtimes.map((r) => r.params().slice()), ledger: readLedger(join(dir, 'ledger.jsonl')), skipped: coordinator.skippedSteps, optimizerStateBytes: bytes, checkpoints, store, failedSaves: coordinator.failedSaves, learningRates };
   } finally {
     coordinator.close();
     await server.close();
@@ -110,6 +114,7 @@ test('1, 2 and 3 workers reach the same parameters; the same world size is bitwi
   assert.deepEqual(two.params[0], two.params[1], 'ranks agree bitwise');
   assert.deepEqual(three.params[0], three.params[2]);
   assert.deepEqual(twoAgain.params[0], two.params[0], 'bitwise reproducible across runs');
+  assert.deepEqual(two.learningRates, new Array(12).fill(0.05), 'step summaries carry the learning rate applied');
   for (const other of [two, three]) {
     for (let i = 0; i < one.params[0]!.length; i++) {
       assert.ok(Math.abs(one.params[0]![i]! - other.params[0]![i]!) < 1e-4, `param ${i}: ${one.params[0]![i]} vs ${other.params[0]![i]}`);

@@ -71,6 +71,9 @@ class AdamShard implements OptimizerShard {
     }
     return this.lr;
   }
+  learningRate(_step: number): number {
+    return this.lr;
+  }
   stateBytes(): number {
     return this.m.byteLength + this.v.byteLength;
   }

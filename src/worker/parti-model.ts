@@ -38,6 +38,9 @@ class RangeOptimizer implements OptimizerShard {
     }
     this.slots = this.names.length;
   }
+  learningRate(step: number): number {
+    return this.lrAt(step);
+  }
   apply(params: Float32Array, grad: Float32Array, step: number): number {
     const lr = this.lrAt(step);
     this.opt.update(params, grad, { lr });

@@ -53,6 +53,8 @@ export interface OptimizerShard {
    * end - start`) for optimizer step `step`; returns the learning rate used.
    */
   apply(params: Float32Array, grad: Float32Array, step: number): number;
+  /** Optional: the learning rate apply() uses at optimizer step `step` (step reports carry it). */
+  learningRate?(step: number): number;
   /** Bytes of optimizer state held (for the ZeRO report). */
   stateBytes(): number;
   /**

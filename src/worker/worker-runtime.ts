@@ -605,6 +605,8 @@ export class WorkerRuntime {
       gradNorm: norm,
       allReduceBytes,
       skippedSamples,
+      // the rate the commit applies (the coordinator's step summary reads REDUCED reports)
+      learningRate: this.optimizer?.learningRate?.(s.step) ?? 0,
     });
   }
 
