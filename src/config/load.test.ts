@@ -57,4 +57,14 @@ test('the config hash covers the computation and nothing else', () => {
   const otherLr = structuredClone(tiny);
   otherLr.training.parti.optimizer.lr = 0.5;
   assert.notEqual(configHash(otherLr), h);
+  const tuned = structuredClone(tiny);
+  Object.assign(tuned.collective, { bucketMiB: 7, chunkKiB: 512, inflight: 3, streams: 4, deadlineMs: 5000, maxMessageMiB: 16, flowControlWindowMiB: 8, v8InitialOldSpaceMiB: 0 });
+  assert.equal(configHash(tuned), h, 'all-reduce transport tuning is not in the hash');
+  // A tuning field the code of the run did not know yet (added later with a default) leaves it alone.
+  const older = structuredClone(tiny) as unknown as { collective: Record<string, unknown> };
+  delete older.collective.v8InitialOldSpaceMiB;
+  assert.equal(configHash(older as unknown as typeof tiny), h);
+  const compressed = structuredClone(tiny);
+  compressed.collective.compress = 'bf16';
+  assert.notEqual(configHash(compressed), h, 'wire compression changes the sums: hashed');
 });

@@ -63,6 +63,18 @@ const NOT_HASHED: readonly (readonly string[])[] = [
   ['data', 'reader'],
   ['checkpoint'],
   ['security'],
+  // How the all-reduce moves bytes, not what it computes: every element is summed in the same
+  // fixed ring order whatever the buckets, chunks, streams or windows (src/collective/ring.ts).
+  // `collective.compress` changes the sums and stays hashed. Tuning these must not turn a run's
+  // checkpoints foreign (a new tuning field with a default would otherwise change every hash).
+  ['collective', 'bucketMiB'],
+  ['collective', 'chunkKiB'],
+  ['collective', 'inflight'],
+  ['collective', 'streams'],
+  ['collective', 'deadlineMs'],
+  ['collective', 'maxMessageMiB'],
+  ['collective', 'flowControlWindowMiB'],
+  ['collective', 'v8InitialOldSpaceMiB'],
 ];
 
 function canonical(value: unknown): unknown {
