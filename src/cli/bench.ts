@@ -2,6 +2,10 @@ import type { Command } from 'commander';
 import { usageError } from '../errors.ts';
 import { benchAllReduce, benchLoopbackTcp, type AllReduceBenchRow } from '../collective/allreduce-bench.ts';
 import { WIRE_COMPRESSIONS, type WireCompression } from '../collective/wire-compression.ts';
+import { collectiveSchema } from '../config/collective-schema.ts';
+
+/** The bench measures what workers run: the collective section's defaults. */
+const COLLECTIVE_DEFAULTS = collectiveSchema.parse({});
 
 function int(flag: string, min: number, max: number) {
   return (v: string): number => {
@@ -30,9 +34,9 @@ export function register(program: Command): void {
     .option('--compress <mode>', `wire compression: ${WIRE_COMPRESSIONS.join('|')}`, 'none')
     .option('--repeat <n>', 'timed iterations per size', int('--repeat', 1, 1000), 10)
     .option('--warmup <n>', 'untimed iterations first', int('--warmup', 0, 100), 2)
-    .option('--streams <n>', 'gRPC streams (TCP connections) per peer', int('--streams', 1, 16), 2)
-    .option('--chunk-kib <n>', 'chunk (message) size in KiB', int('--chunk-kib', 4, 65536), 4096)
-    .option('--inflight <n>', 'chunks in flight per collective', int('--inflight', 1, 64), 4)
+    .option('--streams <n>', 'gRPC streams (TCP connections) per peer', int('--streams', 1, 16), COLLECTIVE_DEFAULTS.streams)
+    .option('--chunk-kib <n>', 'chunk (message) size in KiB', int('--chunk-kib', 4, 65536), COLLECTIVE_DEFAULTS.chunkKiB)
+    .option('--inflight <n>', 'chunks in flight per collective', int('--inflight', 1, 64), COLLECTIVE_DEFAULTS.inflight)
     .option('--tcp-mib <n>', 'MiB for the raw TCP probe (0 skips it)', int('--tcp-mib', 0, 65536), 1024)
     .option('--json', 'one JSON object per line')
     .action(async (o: { world: number; mib: number[]; compress: string; repeat: number; warmup: number; streams: number; chunkKib: number; inflight: number; tcpMib: number; json?: boolean }) => {

@@ -1,3 +1,4 @@
+import { collectiveNodeFlags } from '../collective/worker-node-flags.ts';
 import type { Command } from 'commander';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -111,10 +112,10 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
   const logDir = join(runDir, 'logs');
   mkdirSync(logDir, { recursive: true });
   const children = new Set<ChildProcess>();
-  const start = (args: string[], logName: string): ChildProcess => {
+  const start = (args: string[], logName: string, nodeFlags: readonly string[] = []): ChildProcess => {
     // Own process group: a Ctrl-C in the terminal reaches only the launcher, which asks the
     // coordinator to checkpoint and stop; the coordinator then stops the workers.
-    const child = spawn(process.execPath, [BIN, ...args], {
+    const child = spawn(process.execPath, [...nodeFlags, BIN, ...args], {
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PARTI_LOG_FORMAT: 'json' },
@@ -151,7 +152,7 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
   const metrics = join(runDir, 'metrics.jsonl');
   const startWorker = (slot: number, generation: number): void => {
     const logName = `worker-${slot}${generation ? `-${generation}` : ''}`;
-    const w = start(['worker', '--coordinator', address!, '--config', configFile, '--run-dir', runDir, '--params-out', paramsFiles[slot]!, '--stop-with-parent'], logName);
+    const w = start(['worker', '--coordinator', address!, '--config', configFile, '--run-dir', runDir, '--params-out', paramsFiles[slot]!, '--stop-with-parent'], logName, collectiveNodeFlags(config.collective));
     // The worker's own one-line error (`parti: ...`), to repeat when it makes the job stop.
     let workerError = '';
     w.stderr!.on('data', (d: Buffer) => {

@@ -1,3 +1,4 @@
+import { collectiveNodeFlags } from '../collective/worker-node-flags.ts';
 import { readFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import { PatchStrategy, setHeaderOptions, type V1Job, type V1Secret } from '@kubernetes/client-node';
@@ -80,6 +81,7 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
     s3Secret: options.s3Secret ?? DEFAULT_S3_SECRET,
     dashboardSecret: options.dashboardSecret ?? DEFAULT_DASHBOARD_SECRET,
     tlsSecret: options.tlsSecret ?? DEFAULT_TLS_SECRET,
+    workerNodeFlags: collectiveNodeFlags(config.collective),
   };
   return { input, objects: buildJobObjects(input), mtls: config.security.tls !== undefined, tlsKeys: tlsSecretKeys(config) };
 }

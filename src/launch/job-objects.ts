@@ -1,3 +1,5 @@
+import { collectiveSchema } from '../config/collective-schema.ts';
+import { collectiveNodeFlags } from '../collective/worker-node-flags.ts';
 import type {
   V1ConfigMap,
   V1Container,
@@ -78,7 +80,16 @@ export interface JobObjectsInput {
   dashboardSecret?: string;
   /** Optional Secret with the TLS files and job token (DEFAULT_TLS_SECRET's keys). */
   tlsSecret?: string;
+  /**
+   * Node/V8 flags the worker process starts with, before the script (collectiveNodeFlags of the
+   * config's collective section; default: those of the default config). They cannot go through
+   * NODE_OPTIONS, so the worker container gets a `command` instead of the image's entrypoint.
+   */
+  workerNodeFlags?: readonly string[];
 }
+
+/** The image's entrypoint script (deploy/docker: ENTRYPOINT ["node", "/app/bin/parti.mjs"]). */
+export const IMAGE_SCRIPT = '/app/bin/parti.mjs';
 
 /** The five objects of a job, in the order they are applied. */
 export interface JobObjects {
@@ -267,9 +278,11 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
     limits: { memory: '32Gi', 'nvidia.com/gpu': String(gpusPerWorker) },
   };
   const cpuResources: V1ResourceRequirements = { requests: { cpu: '2', memory: '6Gi' }, limits: { memory: '8Gi' } };
+  const nodeFlags = input.workerNodeFlags ?? collectiveNodeFlags(collectiveSchema.parse({}));
   const workerContainer: V1Container = {
     name: 'worker',
     image,
+    ...(nodeFlags.length > 0 ? { command: ['node', ...nodeFlags, IMAGE_SCRIPT] } : {}),
     args: [
       'worker',
       '--coordinator',
