@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { readLedger, type LedgerEntry } from '../src/coordinator/ledger.ts';
+import { collectiveNodeFlags } from '../src/collective/worker-node-flags.ts';
+import { collectiveSchema } from '../src/config/collective-schema.ts';
 
 const BIN = join(import.meta.dirname, '..', 'bin', 'parti.mjs');
 
@@ -30,8 +32,8 @@ export class Cluster {
     this.dir = mkdtempSync(join(tmpdir(), `parti-${name}-`));
   }
 
-  spawn(args: string[], logName: string): Child {
-    const proc = spawn(process.execPath, [BIN, ...args], {
+  spawn(args: string[], logName: string, nodeFlags: readonly string[] = []): Child {
+    const proc = spawn(process.execPath, [...nodeFlags, BIN, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PARTI_LOG_LEVEL: process.env.PARTI_LOG_LEVEL ?? 'info', PARTI_LOG_FORMAT: 'json' },
     });
@@ -90,7 +92,8 @@ export class Cluster {
   }
 
   worker(config: string, address: string, name: string, extra: string[] = []): Child {
-    return this.spawn(['worker', '--coordinator', address, '--config', config, '--run-dir', this.dir, '--params-out', join(this.dir, `${name}.params`), ...extra], name);
+    // As parti train and the Kubernetes worker start them: with the collective's node flags (defaults).
+    return this.spawn(['worker', '--coordinator', address, '--config', config, '--run-dir', this.dir, '--params-out', join(this.dir, `${name}.params`), ...extra], name, collectiveNodeFlags(collectiveSchema.parse({})));
   }
 
   /** Kills every child still running (SIGKILL) and waits for them. */
