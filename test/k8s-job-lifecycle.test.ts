@@ -168,6 +168,12 @@ test('the worker\'s exit-code rules match what the real coordinator says at the 
     assert.equal(stopped.step, 0, 'stopped before its last step');
     assert.equal(workerExitCode({ reason: stop.reason, signalled: false }), EXIT_JOB_STOPPED, stop.reason);
     assert.equal(workerExitCode({ reason: stop.reason, signalled: true }), EXIT_PREEMPTED, stop.reason);
+    // A worker joining the stopped job is not told it has finished (that would exit 0 and complete
+    // its Indexed Job index): it gets a retryable answer and tries again.
+    const late = lateJoin(stopped);
+    assert.notEqual(late.code, 'refused', late.message);
+    assert.ok(!jobFinished(late.message), late.message);
+    assert.match(late.message, /stopped at step 0 of \d+ \(SIGTERM\); try again when it resumes/);
   } finally {
     stopped.close();
   }

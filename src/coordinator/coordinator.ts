@@ -290,7 +290,13 @@ export class Coordinator {
       this.event('refused', `refused worker ${req.workerName}: ${why}`);
       throw new PartiError('refused', why);
     }
-    if (this.phase.kind === 'done') throw new PartiError('refused', `job ${this.opts.jobId} has finished`);
+    if (this.phase.kind === 'done') {
+      // "has finished" tells a worker the job is done (it exits 0: an Indexed Job completes its
+      // index). A job that was stopped or failed before its last step is not done: the worker is
+      // told to try again, and a coordinator restarted from the checkpoint will take it.
+      if (!this.failed && this.step >= this.opts.totalSteps) throw new PartiError('refused', `job ${this.opts.jobId} has finished`);
+      throw new PartiError('illegal-state', `job ${this.opts.jobId} stopped at step ${this.step} of ${this.opts.totalSteps} (${this.phase.reason}); try again when it resumes`);
+    }
     const fields = joinFieldsSchema.safeParse({ workerName: req.workerName, collectiveAddress: req.collectiveAddress, paramCount: req.paramCount });
     if (!fields.success) {
       const issue = fields.error.issues[0]!;
