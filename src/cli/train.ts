@@ -229,8 +229,16 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
   });
   try {
     const code = await exited;
-    const deadline = Date.now() + 30_000;
-    while (children.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    // Workers told to stop by the coordinator end by themselves (writing their final parameters).
+    // One it could not tell (still joining when it ended, it would retry for runtime.reconnectMs)
+    // is asked to leave after a grace period; with no coordinator to reach it exits at once.
+    const waitForChildren = async (ms: number) => {
+      const until = Date.now() + ms;
+      while (children.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    };
+    await waitForChildren(3000);
+    for (const c of children) c.kill('SIGTERM');
+    await waitForChildren(27_000);
     for (const c of children) c.kill('SIGKILL');
     if (failure) throw failure;
     if (code !== 0) throw new PartiError('internal', `the coordinator exited with code ${code}${coordinatorError ? `: ${coordinatorError}` : ''} (see ${join(logDir, 'coordinator.log')})`);
