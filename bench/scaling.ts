@@ -19,10 +19,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
 import { loadConfig } from '../src/config/load.ts';
-import { createOptimizer } from '../src/model/optimizer.ts';
-import { saveTrainingState } from '../src/model/training-state.ts';
-import { VitVqgan } from '../src/model/vit-vqgan.ts';
-import { Cluster } from '../test/orchestration-harness.ts';
+import { Cluster, writeInitialTokenizer } from '../test/orchestration-harness.ts';
 
 const arg = (name: string, def: number) => {
   const i = process.argv.indexOf(name);
@@ -56,16 +53,7 @@ async function setup(cluster: Cluster, workers: number, steps: number, minWorker
   tiny.checkpoint.keep = 2;
   tiny.checkpoint.atEnd = false;
   tiny.dashboard.enabled = false;
-  const vq = new VitVqgan(tiny.model.tokenizer);
-  await saveTrainingState(join(cluster.dir, 'tokenizer'), {
-    stage: 'tokenizer',
-    step: 0,
-    configHash: 'bench',
-    layout: vq.layout.toJSON(),
-    params: vq.layout.initialize(tiny.training.seed),
-    optimizer: createOptimizer(tiny.training.tokenizer.optimizer, vq.layout).exportState(),
-    extra: {},
-  });
+  await writeInitialTokenizer(join(cluster.dir, 'tokenizer'), tiny);
   return cluster.config('tiny', tiny);
 }
 

@@ -15,11 +15,8 @@ import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { chromium, type BrowserContext } from 'playwright-core';
 import { parseConfig } from '../src/config/load.ts';
-import { saveTrainingState } from '../src/model/training-state.ts';
-import { createOptimizer } from '../src/model/optimizer.ts';
-import { VitVqgan } from '../src/model/vit-vqgan.ts';
 import { checkpointsResponseSchema, galleryResponseSchema, overviewResponseSchema } from '../src/dashboard/api-schema.ts';
-import { Cluster } from './orchestration-harness.ts';
+import { Cluster, writeInitialTokenizer } from './orchestration-harness.ts';
 import { ShardSetWriter } from '../src/data/shard-writer.ts';
 import { openStore } from '../src/storage/open-store.ts';
 import { skippedResponseSchema } from '../src/dashboard/api-schema.ts';
@@ -83,16 +80,7 @@ test('a real Parti run fills the gallery from its checkpoints and counts its bad
   const config = parseConfig(raw, 'gallery test');
   const cfg = cluster.config('gallery', raw);
   // The run's image tokenizer, at its initialization (what the Parti stage reads from <run>/tokenizer).
-  const vq = new VitVqgan(config.model.tokenizer);
-  await saveTrainingState(join(cluster.dir, 'tokenizer'), {
-    stage: 'tokenizer',
-    step: 0,
-    configHash: 'test',
-    layout: vq.layout.toJSON(),
-    params: vq.layout.initialize(config.training.seed),
-    optimizer: createOptimizer(config.training.tokenizer.optimizer, vq.layout).exportState(),
-    extra: {},
-  });
+  await writeInitialTokenizer(join(cluster.dir, 'tokenizer'), config);
 
   const coordinator = await cluster.coordinator(cfg);
   const url = (await coordinator.waitFor(/^dashboard: (http:\S+)$/, 10_000))[1]!;

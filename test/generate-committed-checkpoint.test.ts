@@ -11,12 +11,9 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config/load.ts';
-import { createOptimizer } from '../src/model/optimizer.ts';
-import { saveTrainingState } from '../src/model/training-state.ts';
-import { VitVqgan } from '../src/model/vit-vqgan.ts';
 import { loadGenerationCheckpoint } from '../src/generate/generation-checkpoint.ts';
 import { manifestKey, stepPrefix } from '../src/storage/checkpoint-manifest.ts';
-import { Cluster } from './orchestration-harness.ts';
+import { Cluster, writeInitialTokenizer } from './orchestration-harness.ts';
 import { startS3rver } from './helpers/s3rver.ts';
 import { publishStateDir } from '../src/storage/published-state.ts';
 import { galleryResponseSchema } from '../src/dashboard/api-schema.ts';
@@ -53,16 +50,7 @@ test('generate reads a cluster run from its committed checkpoints: newest, @STEP
   const raw = smallRun();
   const config = parseConfig(raw, 'committed test');
   const cfg = cluster.config('committed', raw);
-  const vq = new VitVqgan(config.model.tokenizer);
-  await saveTrainingState(join(cluster.dir, 'tokenizer'), {
-    stage: 'tokenizer',
-    step: 0,
-    configHash: 'test',
-    layout: vq.layout.toJSON(),
-    params: vq.layout.initialize(config.training.seed),
-    optimizer: createOptimizer(config.training.tokenizer.optimizer, vq.layout).exportState(),
-    extra: {},
-  });
+  await writeInitialTokenizer(join(cluster.dir, 'tokenizer'), config);
   const coordinator = await cluster.coordinator(cfg);
   const worker = cluster.worker(cfg, coordinator.address, 'w0');
   assert.equal(await worker.exited, 0, 'the worker ends with the job');
@@ -128,17 +116,8 @@ test('generate reads a cluster job from S3: checkpoints at checkpoint.url, the t
   raw.checkpoint.url = runUrl;
   const config = parseConfig(raw, 'committed s3 test');
   // The tokenizer as `parti train --stage tokenizer --publish-tokenizer` leaves it in the bucket.
-  const vq = new VitVqgan(config.model.tokenizer);
   const tokDir = join(cluster.dir, 'published-tokenizer');
-  await saveTrainingState(tokDir, {
-    stage: 'tokenizer',
-    step: 0,
-    configHash: 'test',
-    layout: vq.layout.toJSON(),
-    params: vq.layout.initialize(config.training.seed),
-    optimizer: createOptimizer(config.training.tokenizer.optimizer, vq.layout).exportState(),
-    extra: {},
-  });
+  const tokenizerParams = await writeInitialTokenizer(tokDir, config);
   await publishStateDir(tokDir, tokUrl);
   // The dashboard's gallery samples the committed checkpoints with the published tokenizer too.
   raw.dashboard = { port: 0, gallery: { prompts: ['a red circle'], everySteps: 2 } };
@@ -163,7 +142,7 @@ test('generate reads a cluster job from S3: checkpoints at checkpoint.url, the t
   const ckpt = await loadGenerationCheckpoint(runUrl);
   assert.equal(ckpt.partiStep, 6);
   assert.deepEqual(ckpt.parti, cluster.params('w0'), 'the final parameters, from the bucket');
-  assert.equal(ckpt.tokenizer.length, vq.layout.size);
+  assert.equal(ckpt.tokenizer.length, tokenizerParams);
   const out = join(cluster.dir, 'samples');
   const gen = await runParti(['generate', '--checkpoint', runUrl, 'a blue square', '--out', join(out, 's.png'), '--samples', '1'], { timeoutMs: 120_000 });
   assert.equal(gen.code, 0, gen.stderr);

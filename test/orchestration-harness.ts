@@ -9,6 +9,10 @@ import { stringify } from 'yaml';
 import { readLedger, type LedgerEntry } from '../src/coordinator/ledger.ts';
 import { collectiveNodeFlags } from '../src/collective/worker-node-flags.ts';
 import { collectiveSchema } from '../src/config/collective-schema.ts';
+import type { Config } from '../src/config/schema.ts';
+import { createOptimizer } from '../src/model/optimizer.ts';
+import { saveTrainingState } from '../src/model/training-state.ts';
+import { VitVqgan } from '../src/model/vit-vqgan.ts';
 
 const BIN = join(import.meta.dirname, '..', 'bin', 'parti.mjs');
 
@@ -169,4 +173,22 @@ export function checkExactlyOnce(ledger: LedgerEntry[], steps: number, samplesPe
     const complete = ledger.some((e) => e.samples.some(([ep]) => ep > epoch));
     if (complete && unique.size !== samplesPerEpoch) throw new Error(`epoch ${epoch} is over but ${unique.size} of ${samplesPerEpoch} samples were consumed`);
   }
+}
+
+/**
+ * Writes an image tokenizer at its initialization where a Parti stage reads it (`dir`, usually
+ * `<run dir>/tokenizer`): the Parti stage only needs fixed codes. Returns its parameter count.
+ */
+export async function writeInitialTokenizer(dir: string, config: Pick<Config, 'model' | 'training'>): Promise<number> {
+  const vq = new VitVqgan(config.model.tokenizer);
+  await saveTrainingState(dir, {
+    stage: 'tokenizer',
+    step: 0,
+    configHash: 'test',
+    layout: vq.layout.toJSON(),
+    params: vq.layout.initialize(config.training.seed),
+    optimizer: createOptimizer(config.training.tokenizer.optimizer, vq.layout).exportState(),
+    extra: {},
+  });
+  return vq.layout.size;
 }

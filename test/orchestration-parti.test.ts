@@ -5,10 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { loadConfig } from '../src/config/load.ts';
-import { saveTrainingState } from '../src/model/training-state.ts';
-import { createOptimizer } from '../src/model/optimizer.ts';
-import { VitVqgan } from '../src/model/vit-vqgan.ts';
-import { Cluster } from './orchestration-harness.ts';
+import { Cluster, writeInitialTokenizer } from './orchestration-harness.ts';
 
 const STEPS = 2;
 
@@ -25,16 +22,7 @@ async function run(workers: number): Promise<{ cluster: Cluster; losses: number[
   tiny.checkpoint.everySteps = 0;
   const cfg = cluster.config('tiny', tiny);
   // A frozen image tokenizer at its initialization: the Parti stage only needs fixed codes.
-  const vq = new VitVqgan(tiny.model.tokenizer);
-  await saveTrainingState(join(cluster.dir, 'tokenizer'), {
-    stage: 'tokenizer',
-    step: 0,
-    configHash: 'test',
-    layout: vq.layout.toJSON(),
-    params: vq.layout.initialize(tiny.training.seed),
-    optimizer: createOptimizer(tiny.training.tokenizer.optimizer, vq.layout).exportState(),
-    extra: {},
-  });
+  await writeInitialTokenizer(join(cluster.dir, 'tokenizer'), tiny);
   try {
     const c = await cluster.coordinator(cfg, ['--ledger', 'ledger.jsonl']);
     const ws = Array.from({ length: workers }, (_, i) => cluster.worker(cfg, c.address, `w${i}`));
