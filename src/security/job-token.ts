@@ -1,3 +1,4 @@
+import { addLogSecret } from '../observability/log.ts';
 import { readFileSync } from 'node:fs';
 import { PartiError } from '../errors.ts';
 import { constantTimeEqual } from './constant-time.ts';
@@ -49,7 +50,13 @@ export class JobToken {
    * not mount must not silently turn the token off).
    */
   static resolve(source: JobTokenSource, env: NodeJS.ProcessEnv = process.env): JobToken {
-    if (source.token !== undefined) return JobToken.fromString(source.token, 'security.token');
+    // A token from the config or a file is not among the secret environment variables the logs
+    // know: add it, so that no log line carries it (one from the environment is known already).
+    if (source.token !== undefined) {
+      const token = JobToken.fromString(source.token, 'security.token');
+      addLogSecret(source.token);
+      return token;
+    }
     if (source.tokenFile !== undefined) {
       let text: string;
       try {
@@ -57,7 +64,9 @@ export class JobToken {
       } catch (err) {
         throw new PartiError('config', `security.tokenFile: cannot read ${source.tokenFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
       }
-      return JobToken.fromString(text.trim(), `security.tokenFile ${source.tokenFile}`);
+      const token = JobToken.fromString(text.trim(), `security.tokenFile ${source.tokenFile}`);
+      addLogSecret(text.trim());
+      return token;
     }
     const fromEnv = source.tokenEnv ? env[source.tokenEnv]?.trim() : undefined;
     if (fromEnv) return JobToken.fromString(fromEnv, `environment variable ${source.tokenEnv}`);
