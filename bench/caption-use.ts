@@ -8,11 +8,8 @@
  *
  *   npx tsx bench/caption-use.ts RUN_DIR [DATA_DIR=runs/recipe-data] [N=256]
  */
-import * as tf from '@tensorflow/tfjs';
 import { Generator } from '../src/generate/generator.ts';
-import { encodeForRows } from '../src/generate/sampler.ts';
-import { oneHot } from '../src/model/ops.ts';
-import { EVAL_CONTEXT } from '../src/model/transformer.ts';
+import { tokenLogLikelihoodsPerPosition } from '../src/generate/reranking.ts';
 import { readEvalSamples, resolveEvalData } from '../src/eval/eval-data.ts';
 import { measureTokenizer } from '../src/eval/tokenizer-metrics.ts';
 
@@ -21,38 +18,13 @@ if (!run) throw new Error('usage: bench/caption-use.ts RUN_DIR [DATA_DIR] [N]');
 const N = Number(nArg);
 const gen = await Generator.load(run);
 const urls = await resolveEvalData(dataDir);
-const { model, params: p } = gen.runner;
+const { model } = gen.runner;
 const T = model.imageTokens;
 const black = gen.vq.encode(gen.checkpoint.tokenizer, new Uint8Array(gen.imageSize * gen.imageSize * 3), 1);
 const background = new Set(black);
 console.log(`run ${run}: parti step ${gen.checkpoint.partiStep}, ${model.codes} codes, ${T} tokens/image; an all-black image uses ${background.size} code(s)`);
 
-/** log p(token_t | tokens_<t, text) for every row and position, [rows * T]. */
-function perToken(texts: readonly string[], tokens: readonly Int32Array[], chunk = 16): Float32Array {
-  const out = new Float32Array(tokens.length * T);
-  for (let s = 0; s < tokens.length; s += chunk) {
-    const e = Math.min(tokens.length, s + chunk);
-    const B = e - s;
-    const uniq = [...new Set(texts.slice(s, e))];
-    const rowText = texts.slice(s, e).map((t) => uniq.indexOf(t));
-    const inputs = new Int32Array(B * T);
-    const targets = new Int32Array(B * T);
-    for (let b = 0; b < B; b++) {
-      const tok = tokens[s + b]!;
-      inputs[b * T] = model.bosId;
-      inputs.set(tok.subarray(0, T - 1), b * T + 1);
-      targets.set(tok, b * T);
-    }
-    const { cross, bias } = encodeForRows(gen.runner, uniq, rowText);
-    const ll = tf.tidy(() => {
-      const { logits } = model.decode(p, tf.tensor1d(inputs, 'int32'), B, T, cross, bias, EVAL_CONTEXT);
-      return tf.sum(tf.mul(tf.logSoftmax(logits), oneHot(tf.tensor1d(targets, 'int32'), model.codes)), 1);
-    });
-    out.set(ll.dataSync(), s * T);
-    tf.dispose([ll, bias, ...cross.flatMap((c) => [c.kT, c.v])]);
-  }
-  return out;
-}
+const perToken = (texts: readonly string[], tokens: readonly Int32Array[]) => tokenLogLikelihoodsPerPosition(gen.runner, texts, tokens);
 
 for (const [split, url] of [
   ['held-out', urls.heldOut],

@@ -27,9 +27,19 @@ export interface Scorer {
  * teacher-forced in one decoder pass per chunk of rows.
  */
 export function tokenLogLikelihoods(runner: PartiRunner, texts: readonly string[], tokens: readonly Int32Array[], chunk = 16): Float64Array {
+  return Float64Array.from(teacherForced(runner, texts, tokens, chunk, 'sum'));
+}
+
+/** log p(token_t | tokens_<t, text) (nats) of every row and position, [rows * imageTokens]. */
+export function tokenLogLikelihoodsPerPosition(runner: PartiRunner, texts: readonly string[], tokens: readonly Int32Array[], chunk = 16): Float32Array {
+  return teacherForced(runner, texts, tokens, chunk, 'per-position');
+}
+
+function teacherForced(runner: PartiRunner, texts: readonly string[], tokens: readonly Int32Array[], chunk: number, reduce: 'sum' | 'per-position'): Float32Array {
   const { model, params: p } = runner;
   const T = model.imageTokens;
-  const out = new Float64Array(tokens.length);
+  const width = reduce === 'sum' ? 1 : T;
+  const out = new Float32Array(tokens.length * width);
   for (let s = 0; s < tokens.length; s += chunk) {
     const e = Math.min(tokens.length, s + chunk);
     const B = e - s;
@@ -48,11 +58,10 @@ export function tokenLogLikelihoods(runner: PartiRunner, texts: readonly string[
       const ll = tf.tidy(() => {
         const { logits } = model.decode(p, tf.tensor1d(inputs, 'int32'), B, T, cross, bias, EVAL_CONTEXT);
         const picked = tf.sum(tf.mul(tf.logSoftmax(logits), oneHot(tf.tensor1d(targets, 'int32'), model.codes)), 1);
-        return tf.sum(tf.reshape(picked, [B, T]), 1);
+        return reduce === 'sum' ? tf.sum(tf.reshape(picked, [B, T]), 1) : picked;
       });
-      const v = ll.dataSync();
+      out.set(ll.dataSync(), s * width);
       ll.dispose();
-      for (let b = 0; b < B; b++) out[s + b] = v[b]!;
     } finally {
       tf.dispose([bias, ...cross.flatMap((c) => [c.kT, c.v])]);
     }
