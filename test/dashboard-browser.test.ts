@@ -3,48 +3,31 @@
 // and watches it update live. Screenshots go to test-artifacts/ (gitignored).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
 import { RunStateStore } from '../src/dashboard/run-state.ts';
 import { createDashboardServer, type DashboardServer } from '../src/dashboard/dashboard-server.ts';
 import { attentionHeatmapPng } from '../src/dashboard/attention-heatmap.ts';
 import { createTrainingMetrics } from '../src/observability/metrics.ts';
+import { launchChromium } from './helpers/chromium.ts';
 
 const artifacts = 'test-artifacts';
-const chromiumFlags = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
-let profile: string;
+let browser: Awaited<ReturnType<typeof launchChromium>> | undefined;
 let context: BrowserContext;
 const servers: DashboardServer[] = [];
 
 before(async () => {
   mkdirSync(artifacts, { recursive: true });
-  profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: chromiumFlags,
-    viewport: { width: 1400, height: 1000 },
-    timeout: 30_000,
-  });
+  browser = await launchChromium();
+  context = browser.context;
 });
 
 after(async () => {
-  await context?.close().catch(() => {});
+  await browser?.close();
   for (const s of servers) await s.close().catch(() => {});
-  if (profile) rmSync(profile, { recursive: true, force: true });
 });
 
 /** A 32x32 PNG with a coloured disc on a background, like a tiny-config sample. */

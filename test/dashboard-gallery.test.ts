@@ -9,17 +9,16 @@
 // SIGTERM then checkpoints and stops the job cleanly.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
-import { chromium, type BrowserContext } from 'playwright-core';
 import { parseConfig } from '../src/config/load.ts';
 import { checkpointsResponseSchema, galleryResponseSchema, overviewResponseSchema } from '../src/dashboard/api-schema.ts';
 import { Cluster, writeInitialTokenizer } from './orchestration-harness.ts';
 import { ShardSetWriter } from '../src/data/shard-writer.ts';
 import { openStore } from '../src/storage/open-store.ts';
 import { skippedResponseSchema } from '../src/dashboard/api-schema.ts';
+import { launchChromium } from './helpers/chromium.ts';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 after(async () => {
@@ -133,16 +132,9 @@ test('a real Parti run fills the gallery from its checkpoints and counts its bad
   assert.ok(Number(/^parti_skipped_samples_total\{reason="undecodable-image"\} (\d+)$/m.exec(counted)?.[1]) >= 1);
   mark('API checked');
   // The page shows the samples with their prompts.
-  const profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
-  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
-  const context: BrowserContext = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1400, height: 1200 },
-    timeout: 30_000,
-  });
-  cleanups.push(() => context.close());
+  const browser = await launchChromium({ width: 1400, height: 1200 });
+  cleanups.push(() => browser.close());
+  const context = browser.context;
   const page = await context.newPage();
   const errors: string[] = [];
   page.on('pageerror', (err) => errors.push(err.message));

@@ -7,12 +7,11 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type BrowserContext } from 'playwright-core';
 import { Cluster, freePort, linearConfig } from './orchestration-harness.ts';
 import { overviewResponseSchema } from '../src/dashboard/api-schema.ts';
+import { launchChromium } from './helpers/chromium.ts';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 after(async () => {
@@ -74,16 +73,9 @@ test('Chromium watches `parti train --workers 2` through a worker SIGKILL and re
   }
   assert.equal(url, `http://127.0.0.1:${port}/`, 'the dashboard listens on the configured port');
 
-  const profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
-  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
-  const context: BrowserContext = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1400, height: 1000 },
-    timeout: 30_000,
-  });
-  cleanups.push(() => context.close());
+  const browser = await launchChromium({ width: 1400, height: 1000 });
+  cleanups.push(() => browser.close());
+  const context = browser.context;
   const page = await context.newPage();
   const errors: string[] = [];
   page.on('pageerror', (err) => errors.push(err.message));

@@ -5,10 +5,8 @@
 // table and the charts update, and a screenshot is saved in test-artifacts/.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type BrowserContext } from 'playwright-core';
 import { CollectiveNode } from '../src/collective/collective-node.ts';
 import { InMemoryHub } from '../src/collective/in-memory-transport.ts';
 import { Coordinator } from '../src/coordinator/coordinator.ts';
@@ -20,6 +18,7 @@ import { WorkerRuntime } from '../src/worker/worker-runtime.ts';
 import { dashboardSchema } from '../src/config/dashboard-schema.ts';
 import { startCoordinatorDashboard, type CoordinatorDashboard } from '../src/dashboard/coordinator-bridge.ts';
 import { jobSummarySchema, overviewResponseSchema, stepsResponseSchema, workersResponseSchema } from '../src/dashboard/api-schema.ts';
+import { launchChromium } from './helpers/chromium.ts';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 after(async () => {
@@ -53,16 +52,9 @@ test('Chromium watches a real 2-worker training run on the dashboard', { timeout
   const dash: CoordinatorDashboard = await startCoordinatorDashboard(coordinator, dashboardSchema.parse({ port: 0 }), { name: 'linear', stage: 'linear', batchSize: 8 });
   cleanups.push(() => dash.close());
 
-  const profile = mkdtempSync(join(tmpdir(), 'parti-chromium-'));
-  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
-  const context: BrowserContext = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1400, height: 1000 },
-    timeout: 30_000,
-  });
-  cleanups.push(() => context.close());
+  const browser = await launchChromium({ width: 1400, height: 1000 });
+  cleanups.push(() => browser.close());
+  const context = browser.context;
   const page = await context.newPage();
   const errors: string[] = [];
   page.on('pageerror', (err) => errors.push(err.message));
