@@ -70,6 +70,15 @@ test('train-probe, then eval of a tiny checkpoint: every section of the report, 
   assert.match(html, /data:image\/png;base64,/);
   assert.ok((await stat(join(out, 'index.html'))).size > 1000);
 
+  // Reranked by the model's own caption likelihood (the default scorer), as the report says.
+  const rr = await parti(['eval', '--checkpoint', run, '--data', data, '--probe', probeDir, '--out', join(root, 'rerank'), '--prompts', '2', '--samples', '1', '--rerank', '3', '--held-out-samples', '8', '--json']);
+  assert.equal(rr.code, 0, rr.stderr);
+  const rrReport = JSON.parse(rr.stdout);
+  assert.equal(rrReport.generation.rerank, 3);
+  assert.equal(rrReport.generation.rerankBy, 'caption');
+  assert.equal(rrReport.promptAgreement.images, 2);
+  assert.match(await readFile(join(root, 'rerank', 'index.html'), 'utf8'), /rerank 3 by caption/);
+
   // The training shards given as the held-out set: refused before any generation, one line.
   const bad = await parti(['eval', '--checkpoint', run, '--data', data, '--held-out', `${data}/train-{000000..000001}.tar`, '--probe', probeDir, '--out', join(root, 'bad')]);
   assert.notEqual(bad.code, 0);
@@ -82,6 +91,12 @@ test('bad flags and a missing checkpoint are one-line errors', async () => {
   const a = await parti(['eval', '--checkpoint', run, '--data', data, '--samples', '0']);
   assert.equal(a.code, 2);
   assert.match(messages(a.stderr)[0]!, /--samples/);
+  for (const flags of [['--rerank', '4', '--rerank-by', 'judge'], ['--rerank-by', 'probe']]) {
+    const r = await parti(['eval', '--checkpoint', run, '--data', data, ...flags]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(messages(r.stderr).length, 1, r.stderr);
+    assert.match(messages(r.stderr)[0]!, /--rerank-by/);
+  }
   const b = await parti(['eval', '--checkpoint', join(root, 'nope'), '--data', data]);
   assert.notEqual(b.code, 0);
   assert.equal(messages(b.stderr).length, 1, b.stderr);

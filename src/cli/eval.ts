@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import { usageError } from '../errors.ts';
 import { initBackend } from '../model/backend.ts';
 import { resolveEvalData } from '../eval/eval-data.ts';
-import { runEvaluation } from '../eval/evaluation.ts';
+import { RERANK_BY, runEvaluation, type RerankBy } from '../eval/evaluation.ts';
 import { Probe } from '../eval/probe.ts';
 import { trainProbeOnData } from '../eval/probe-training.ts';
 import { writeReport } from '../eval/report-page.ts';
@@ -18,6 +18,12 @@ function parseNumber(flag: string, raw: string | undefined, integer: boolean, mi
   if (!ok || !Number.isFinite(v) || (integer && !Number.isSafeInteger(v))) throw usageError(flag, `must be ${integer ? 'an integer' : 'a number'}, got ${JSON.stringify(raw)}`);
   if (v < min) throw usageError(flag, `must be >= ${min}, got ${v}`);
   return v;
+}
+
+function parseRerankBy(raw: string | undefined): RerankBy | undefined {
+  if (raw === undefined) return undefined;
+  if (!(RERANK_BY as readonly string[]).includes(raw)) throw usageError('--rerank-by', `must be one of ${RERANK_BY.join(', ')}, got ${JSON.stringify(raw)}`);
+  return raw as RerankBy;
 }
 
 const exists = (p: string) => stat(p).then(
@@ -40,6 +46,7 @@ interface EvalFlags {
   temperature?: string;
   seed?: string;
   rerank?: string;
+  rerankBy?: string;
   heldOutSamples?: string;
   probeSamples?: string;
   probeEpochs?: string;
@@ -77,7 +84,8 @@ export function register(program: Command): void {
     .option('--top-p <p>', 'top-p (default 1)')
     .option('--temperature <t>', 'sampling temperature (default 1)')
     .option('--seed <s>', 'sampling seed (default 0)')
-    .option('--rerank <m>', 'draw m candidates per prompt and keep the best by probe agreement (default 0: off)')
+    .option('--rerank <m>', 'draw m candidates per prompt and keep the best --samples (default 0: off)')
+    .option('--rerank-by <scorer>', "with --rerank: 'caption' (default), the model's caption likelihood as parti generate --rerank uses; 'probe', the probe's own reading: an oracle bound, not a measure of the model")
     .option('--held-out-samples <n>', 'held-out images for token loss, PSNR and FID (default 1000)')
     .option('--probe-samples <n>', 'training images when the probe is trained now (default 8000)')
     .option('--probe-epochs <n>', 'epochs when the probe is trained now (default 12)')
@@ -93,8 +101,10 @@ export function register(program: Command): void {
         temperature: parseNumber('--temperature', f.temperature, false, 0),
         seed: parseNumber('--seed', f.seed, true, 0),
         rerank: parseNumber('--rerank', f.rerank, true, 0),
+        rerankBy: parseRerankBy(f.rerankBy),
         heldOutSamples: parseNumber('--held-out-samples', f.heldOutSamples, true, 4),
       };
+      if (opts.rerankBy !== undefined && !opts.rerank) throw usageError('--rerank-by', 'needs --rerank M with M > 0');
       const probeSamples = parseNumber('--probe-samples', f.probeSamples, true, 1);
       const probeEpochs = parseNumber('--probe-epochs', f.probeEpochs, true, 1);
       const out = resolve(f.out ?? 'eval-report');

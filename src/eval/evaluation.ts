@@ -13,6 +13,10 @@ import { agreement, describeLabels, type Agreement } from './prompt-agreement.ts
 import { measureTokenizer, type TokenizerMetrics } from './tokenizer-metrics.ts';
 
 /** Options of runEvaluation; all but checkpoint, data and probe have defaults. */
+/** What ranks an eval's candidates when it reranks (EvaluationOptions.rerankBy). */
+export type RerankBy = 'caption' | 'probe';
+export const RERANK_BY: readonly RerankBy[] = ['caption', 'probe'];
+
 export interface EvaluationOptions {
   /** Run directory or URL (as `parti generate --checkpoint`). */
   checkpoint: string;
@@ -31,8 +35,15 @@ export interface EvaluationOptions {
   topP?: number;
   temperature?: number;
   seed?: number;
-  /** Candidates per prompt reranked by the probe's prompt agreement (0: none, the default). */
+  /** Candidates drawn per prompt, of which the best `samplesPerPrompt` are kept (0: none, the default). */
   rerank?: number;
+  /**
+   * What ranks the candidates: 'caption' (default) is the model's own caption likelihood, what
+   * `parti generate --rerank` uses, so the agreement measured is what a user of the model gets;
+   * 'probe' ranks by the probe's own reading of the prompt: an oracle upper bound of best-of-m,
+   * not a measure of the model (the judge picks the images it then judges).
+   */
+  rerankBy?: RerankBy;
   /** Epochs of the CAS probe trained on generated images (default 30). */
   casEpochs?: number;
   /** Progress messages. */
@@ -86,6 +97,8 @@ export interface EvalReport {
     temperature: number;
     seed: number;
     rerank: number;
+    /** The reranker when rerank > 0 ('probe' numbers are an oracle bound, see EvalOptions). */
+    rerankBy: RerankBy;
     seconds: number;
   };
   /** Generated images whose probe-read attributes match their prompt. */
@@ -171,10 +184,13 @@ export async function runEvaluation(o: EvaluationOptions): Promise<{ report: Eva
       temperature: o.temperature ?? SAMPLER_DEFAULTS.temperature,
       seed: o.seed ?? SAMPLER_DEFAULTS.seed,
       rerank: o.rerank ?? 0,
+      rerankBy: o.rerankBy ?? 'caption',
     };
-    say(`generating ${settings.samples} image(s) for each of ${promptList.length} held-out prompts (cfg ${settings.cfg})`);
+    const reranked = settings.rerank > 0 ? `, the best of ${settings.rerank} by ${settings.rerankBy === 'probe' ? "the probe's reading (an oracle bound)" : 'caption likelihood'}` : '';
+    say(`generating ${settings.samples} image(s) for each of ${promptList.length} held-out prompts (cfg ${settings.cfg}${reranked})`);
     const tg = Date.now();
-    const scorer = settings.rerank > 0 ? probeScorer(probe) : undefined;
+    // undefined: the generator's default, the model's caption likelihood
+    const scorer = settings.rerank > 0 && settings.rerankBy === 'probe' ? probeScorer(probe) : undefined;
     const generated: GeneratedRecord[] = [];
     const genLabels: number[][] = [];
     const genImages: Uint8Array[] = [];
@@ -235,7 +251,7 @@ export async function runEvaluation(o: EvaluationOptions): Promise<{ report: Eva
         reconstructedHeldOutAccuracy,
       },
       heldOutCaptions: { prompts: promptList.length, ...check },
-      generation: { prompts: promptList.length, samplesPerPrompt: settings.samples, cfg: settings.cfg, topK: settings.topK, topP: settings.topP, temperature: settings.temperature, seed: settings.seed, rerank: settings.rerank, seconds: genSeconds },
+      generation: { prompts: promptList.length, samplesPerPrompt: settings.samples, cfg: settings.cfg, topK: settings.topK, topP: settings.topP, temperature: settings.temperature, seed: settings.seed, rerank: settings.rerank, rerankBy: settings.rerankBy, seconds: genSeconds },
       promptAgreement,
       fid: fidReport,
       cas,

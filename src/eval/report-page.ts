@@ -61,7 +61,7 @@ ${r.heldOutCaptions.prompts} held-out prompts, none a training caption (${esc(r.
 <tr><th>tokenizer PSNR</th><td>${r.tokenizer.psnr.toFixed(2)} dB</td></tr>
 <tr><th>codebook usage / perplexity</th><td>${pct(r.tokenizer.codebookUsage)} / ${r.tokenizer.codebookPerplexity.toFixed(1)}</td></tr>
 <tr><th>FID (probe features, generated vs held-out real)</th><td>${r.fid.generatedVsReal.toFixed(3)} (real vs real: ${r.fid.realVsReal.toFixed(3)}; ${r.fid.generated} vs ${r.fid.real} images)</td></tr>
-<tr><th>sampling</th><td>cfg ${r.generation.cfg}, top-k ${r.generation.topK}, top-p ${r.generation.topP}, T ${r.generation.temperature}, seed ${r.generation.seed}, rerank ${r.generation.rerank}; ${r.generation.samplesPerPrompt} per prompt in ${r.generation.seconds.toFixed(1)} s</td></tr>
+<tr><th>sampling</th><td>cfg ${r.generation.cfg}, top-k ${r.generation.topK}, top-p ${r.generation.topP}, T ${r.generation.temperature}, seed ${r.generation.seed}, rerank ${r.generation.rerank}${r.generation.rerank > 0 ? ` by ${r.generation.rerankBy}` : ''}; ${r.generation.samplesPerPrompt} per prompt in ${r.generation.seconds.toFixed(1)} s</td></tr>
 </table>
 ${agreementTable('Per-attribute scores', [
   ['prompt agreement (generated)', r.promptAgreement],
