@@ -238,21 +238,7 @@ function sumBf16Js(acc: Float32Array, h: Uint8Array, from: number, divisor: numb
  * acc.length float32 values, little-endian, at any byte offset (no alignment needed).
  */
 export function addFloat32Into(acc: Float32Array, x: Uint8Array, divisor = 1): void {
-  const k = load();
-  let done = 0;
-  if (k) {
-    const a = bytesOf(acc);
-    const n = a.byteLength & ~15;
-    for (let o = 0; o < n; o += WINDOW) {
-      const len = Math.min(WINDOW, n - o);
-      k.mem.set(a.subarray(o, o + len), 0);
-      k.mem.set(x.subarray(o, o + len), WINDOW);
-      if (divisor === 1) k.add(0, WINDOW, len);
-      else k.addDiv(0, WINDOW, len, divisor);
-      a.set(k.mem.subarray(0, len), o);
-    }
-    done = n / 4;
-  }
+  const done = addWindowed(acc, x, 4, divisor, (k) => (divisor === 1 ? k.add : k.addDiv));
   if (done < acc.length) {
     // The tail (or everything, without SIMD): an aligned view when possible, else a copy.
     const rest = x.byteOffset % 4 === 0 ? new Float32Array(x.buffer, x.byteOffset, acc.length) : new Float32Array(x.slice(0, acc.length * 4).buffer);
@@ -262,22 +248,36 @@ export function addFloat32Into(acc: Float32Array, x: Uint8Array, divisor = 1): v
 
 /** acc[i] = float32(acc[i] + bf16 element i of h), then / divisor when divisor !== 1. */
 export function addBf16Into(acc: Float32Array, h: Uint8Array, divisor = 1): void {
-  const k = load();
-  let done = 0;
-  if (k) {
-    const a = bytesOf(acc);
-    const n = a.byteLength & ~15;
-    for (let o = 0; o < n; o += WINDOW) {
-      const len = Math.min(WINDOW, n - o);
-      k.mem.set(a.subarray(o, o + len), 0);
-      k.mem.set(h.subarray(o / 2, (o + len) / 2), WINDOW);
-      if (divisor === 1) k.addBf16(0, WINDOW, len);
-      else k.addBf16Div(0, WINDOW, len, divisor);
-      a.set(k.mem.subarray(0, len), o);
-    }
-    done = n / 4;
-  }
+  const done = addWindowed(acc, h, 2, divisor, (k) => (divisor === 1 ? k.addBf16 : k.addBf16Div));
   if (done < acc.length) sumBf16Js(acc, h, done, divisor);
+}
+
+/**
+ * The SIMD part of acc += operand (then / divisor): window by window through the module's memory
+ * (accumulator at 0, operand at WINDOW), for the leading elements a multiple of 16 bytes of `acc`
+ * covers. `operandBytes` per element: 4 (float32) or 2 (bf16). Returns how many elements it did
+ * (0 without SIMD): the caller's JS loop does the rest.
+ */
+function addWindowed(
+  acc: Float32Array,
+  operand: Uint8Array,
+  operandBytes: 2 | 4,
+  divisor: number,
+  pick: (k: Kernels) => (acc: number, x: number, bytes: number, divisor: number) => void,
+): number {
+  const k = load();
+  if (!k) return 0;
+  const run = pick(k);
+  const a = bytesOf(acc);
+  const n = a.byteLength & ~15;
+  for (let o = 0; o < n; o += WINDOW) {
+    const len = Math.min(WINDOW, n - o);
+    k.mem.set(a.subarray(o, o + len), 0);
+    k.mem.set(operand.subarray((o / 4) * operandBytes, ((o + len) / 4) * operandBytes), WINDOW);
+    run(0, WINDOW, len, divisor);
+    a.set(k.mem.subarray(0, len), o);
+  }
+  return n / 4;
 }
 
 /**
