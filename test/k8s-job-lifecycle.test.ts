@@ -10,7 +10,7 @@ import { Cluster, checkExactlyOnce, linearConfig } from './orchestration-harness
 import { EXIT_FINISHED, EXIT_JOB_STOPPED, EXIT_PREEMPTED, jobFinished, workerExitCode } from '../src/worker/worker-exit-code.ts';
 import { Coordinator, type CoordinatorOptions } from '../src/coordinator/coordinator.ts';
 import { StepPlan } from '../src/coordinator/step-samples.ts';
-import { fromGrpcError, toGrpcStatus, type Command } from '../src/coordinator/protocol.ts';
+import { coordinatorService, fromGrpcError, JoinRefusedError, toGrpcStatus, type Command, type StopCommand } from '../src/coordinator/protocol.ts';
 import { EpochPlan } from '../src/data/epoch-plan.ts';
 import { createServer, type Server } from 'node:net';
 import { rmSync } from 'node:fs';
@@ -105,9 +105,10 @@ test('exit codes for the Job (143 preempted, 75 coordinator stopped, 0 done) and
   }
 });
 
-// The worker's exit code rests on the coordinator's words (the protocol carries no typed "finished"):
-// its stop reason at the end and its refusal of a join after the end, as they cross the wire. This
-// pins them to the real Coordinator, so a rewording fails here and not in a cluster.
+// The worker's exit code rests on the coordinator's typed answers: Stop.finished at the end and the
+// JoinRefusal of a join after the end, as they cross the wire (the proto codec, the gRPC status
+// mapping). This pins them to the real Coordinator: one that stops sending them fails here and not
+// in a cluster (the worker's text fallback, for older coordinators, must not hide that).
 test('the worker\'s exit-code rules match what the real coordinator says at the end, on a stop and to a late join', () => {
   const options = (): CoordinatorOptions => ({
     jobId: 'job', configHash: 'h', totalSteps: 1, microBatch: 2,
@@ -121,6 +122,8 @@ test('the worker\'s exit-code rules match what the real coordinator says at the 
       jobId: 'job', workerId, kind, epoch, step, loss: 1, nonFinite: false, computeMs: 1, allReduceMs: 1, optimizerMs: 0, samples: 1,
       optimizerStateBytes: 0, gradNorm: 0, error: '', checkpointObjectsJson: '', learningRate: 0, tokens: 0, allReduceBytes: 0, skippedSamples: {}, snapshotMs: 0,
     });
+  /** A stop command as the worker's runtime decodes it. */
+  const overTheWire = (stop: StopCommand): StopCommand => coordinatorService.commands.responseDeserialize(coordinatorService.commands.responseSerialize({ stop })).stop!;
   /** A late join's refusal as the worker's runtime sees it (through the gRPC status mapping). */
   const lateJoin = (c: Coordinator) => {
     try {
@@ -141,13 +144,17 @@ test('the worker\'s exit-code rules match what the real coordinator says at the 
     report(done, id, 'READY', r.epoch, r.step);
     const s = commands.at(-1)!.step!;
     report(done, id, 'REDUCED', s.epoch, s.step);
-    const stop = commands.find((c) => c.stop)?.stop;
-    assert.ok(stop, `a stop command after the last step: ${JSON.stringify(commands.map((c) => Object.keys(c)[0]))}`);
-    assert.equal(workerExitCode({ reason: stop.reason, signalled: false }), EXIT_FINISHED, stop.reason);
-    assert.equal(workerExitCode({ reason: stop.reason, signalled: true }), EXIT_FINISHED, stop.reason);
+    const sent = commands.find((c) => c.stop)?.stop;
+    assert.ok(sent, `a stop command after the last step: ${JSON.stringify(commands.map((c) => Object.keys(c)[0]))}`);
+    const stop = overTheWire(sent);
+    assert.equal(stop.finished, true, `Stop.finished after the last step (${stop.reason})`);
+    assert.equal(workerExitCode({ ...stop, signalled: false }), EXIT_FINISHED, stop.reason);
+    assert.equal(workerExitCode({ ...stop, signalled: true }), EXIT_FINISHED, stop.reason);
     const refused = lateJoin(done);
     assert.equal(refused.code, 'refused');
-    assert.ok(jobFinished(refused.message), refused.message);
+    assert.ok(refused instanceof JoinRefusedError, `a typed refusal: ${refused.message}`);
+    assert.equal(refused.refusal.finished, true, refused.message);
+    assert.ok(jobFinished({ reason: refused.message, finished: refused.refusal.finished }), refused.message);
   } finally {
     done.close();
   }
@@ -163,16 +170,19 @@ test('the worker\'s exit-code rules match what the real coordinator says at the 
     if (r && !commands.some((c) => c.stop)) report(stopped, id, 'READY', r.epoch, r.step);
     const s = commands.at(-1)?.step;
     if (s && !commands.some((c) => c.stop)) report(stopped, id, 'REDUCED', s.epoch, s.step);
-    const stop = commands.find((c) => c.stop)?.stop;
-    assert.ok(stop, `a stop command: ${JSON.stringify(commands.map((c) => Object.keys(c)[0]))}`);
+    const sent = commands.find((c) => c.stop)?.stop;
+    assert.ok(sent, `a stop command: ${JSON.stringify(commands.map((c) => Object.keys(c)[0]))}`);
     assert.equal(stopped.step, 0, 'stopped before its last step');
-    assert.equal(workerExitCode({ reason: stop.reason, signalled: false }), EXIT_JOB_STOPPED, stop.reason);
-    assert.equal(workerExitCode({ reason: stop.reason, signalled: true }), EXIT_PREEMPTED, stop.reason);
+    const stop = overTheWire(sent);
+    assert.equal(stop.finished, false, `Stop.finished before the last step (${stop.reason})`);
+    assert.equal(workerExitCode({ ...stop, signalled: false }), EXIT_JOB_STOPPED, stop.reason);
+    assert.equal(workerExitCode({ ...stop, signalled: true }), EXIT_PREEMPTED, stop.reason);
     // A worker joining the stopped job is not told it has finished (that would exit 0 and complete
     // its Indexed Job index): it gets a retryable answer and tries again.
     const late = lateJoin(stopped);
     assert.notEqual(late.code, 'refused', late.message);
-    assert.ok(!jobFinished(late.message), late.message);
+    assert.ok(!(late instanceof JoinRefusedError), late.message);
+    assert.ok(!jobFinished({ reason: late.message }), late.message);
     assert.match(late.message, /stopped at step 0 of \d+ \(SIGTERM\); try again when it resumes/);
   } finally {
     stopped.close();

@@ -12,7 +12,7 @@ import { z } from 'zod';
 import { Ledger } from './ledger.ts';
 import { checkpointObjectSchema, objectKey } from '../storage/checkpoint-manifest.ts';
 import type { StepPlan } from './step-samples.ts';
-import type { Command, JoinReply, JoinRequest, StepReport } from './protocol.ts';
+import { JoinRefusedError, type Command, type JoinReply, type JoinRequest, type StepReport } from './protocol.ts';
 
 /** What the coordinator needs to know about the job. Resolved once by the caller. */
 export interface CoordinatorOptions {
@@ -291,10 +291,11 @@ export class Coordinator {
       throw new PartiError('refused', why);
     }
     if (this.phase.kind === 'done') {
-      // "has finished" tells a worker the job is done (it exits 0: an Indexed Job completes its
-      // index). A job that was stopped or failed before its last step is not done: the worker is
-      // told to try again, and a coordinator restarted from the checkpoint will take it.
-      if (!this.failed && this.step >= this.opts.totalSteps) throw new PartiError('refused', `job ${this.opts.jobId} has finished`);
+      // JoinRefusal.finished tells a worker the job is done (it exits 0: an Indexed Job completes
+      // its index). A job that was stopped or failed before its last step is not done: the worker
+      // is told to try again, and a coordinator restarted from the checkpoint will take it. (The
+      // text "has finished" stays for workers that predate the typed field.)
+      if (this.ranAllSteps) throw new JoinRefusedError(`job ${this.opts.jobId} has finished`, { finished: true });
       throw new PartiError('illegal-state', `job ${this.opts.jobId} stopped at step ${this.step} of ${this.opts.totalSteps} (${this.phase.reason}); try again when it resumes`);
     }
     const fields = joinFieldsSchema.safeParse({ workerName: req.workerName, collectiveAddress: req.collectiveAddress, paramCount: req.paramCount });
@@ -641,7 +642,7 @@ export class Coordinator {
   private stopLeavers(keep: string[] = []): void {
     for (const m of [...this.members.values()]) {
       if (m.leaving && !keep.includes(m.id)) {
-        this.send(m.id, { stop: { reason: 'left at a step boundary' } });
+        this.send(m.id, { stop: { reason: 'left at a step boundary', finished: false } });
         this.members.delete(m.id);
         this.uploading.delete(m.id);
         this.ring = this.ring.filter((id) => id !== m.id);
@@ -801,6 +802,11 @@ export class Coordinator {
   /** Why the job failed (it stopped without finishing its steps), or null. */
   failed: string | null = null;
 
+  /** The job ran all its steps (what Stop.finished and a finished join's refusal say). */
+  private get ranAllSteps(): boolean {
+    return !this.failed && this.step >= this.opts.totalSteps;
+  }
+
   private finish(reason: string): void {
     // The save in flight commits (or fails) before the job ends.
     if (!this.failed && this.checkpointSave) {
@@ -816,7 +822,9 @@ export class Coordinator {
         return;
       }
     }
-    for (const m of this.members.values()) this.send(m.id, { stop: { reason } });
+    // Stop.finished, not the reason's text, tells a worker the job is done (it exits 0).
+    const finished = this.ranAllSteps;
+    for (const m of this.members.values()) this.send(m.id, { stop: { reason, finished } });
     this.phase = { kind: 'done', reason };
     this.event('done', `job finished at step ${this.step}: ${reason}`);
     this.close();

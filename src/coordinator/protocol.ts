@@ -74,6 +74,11 @@ export interface CheckpointCommand {
 }
 export interface StopCommand {
   reason: string;
+  /**
+   * The job ran all its steps; false on every other stop (left, stopped early, failed). Undefined
+   * only from a coordinator that predates the field (the proto field has explicit presence).
+   */
+  finished?: boolean;
 }
 /** Exactly one field is set. */
 export interface Command {
@@ -200,6 +205,32 @@ export function createCoordinatorClient(address: string, maxMessageBytes: number
 /** Prefix of the gRPC status message of a refused peer; the worker maps it back to PartiError('refused'). */
 export const REFUSED_PREFIX = 'refused: ';
 
+/** What a refused Join means beyond its text (proto JoinRefusal). */
+export interface JoinRefusal {
+  /** The job ran all its steps: a worker started after the end has nothing to do. */
+  finished: boolean;
+}
+
+/** Trailing metadata key of a refused Join's JoinRefusal (binary: the serialized message). */
+export const JOIN_REFUSAL_METADATA = 'parti-join-refusal-bin';
+
+const joinRefusalCodec = codec<JoinRefusal>('JoinRefusal');
+
+/**
+ * A refused Join with its typed meaning beside the text: the coordinator throws it, toGrpcStatus
+ * sends `refusal` as trailing metadata, fromGrpcError gives it back to the worker.
+ */
+export class JoinRefusedError extends PartiError {
+  constructor(
+    message: string,
+    /** What the refusal means (proto JoinRefusal). */
+    readonly refusal: JoinRefusal,
+    options?: { cause?: unknown },
+  ) {
+    super('refused', message, options);
+  }
+}
+
 /** Maps a PartiError to the gRPC status a server answers with (one place for the mapping). */
 export function toGrpcStatus(err: unknown): Partial<grpc.StatusObject> {
   const e = PartiError.from(err);
@@ -214,7 +245,21 @@ export function toGrpcStatus(err: unknown): Partial<grpc.StatusObject> {
             ? grpc.status.INVALID_ARGUMENT
             : grpc.status.INTERNAL;
   const details = e.code === 'refused' ? `${REFUSED_PREFIX}${e.message}` : e.message;
-  return { code, details };
+  if (!(e instanceof JoinRefusedError)) return { code, details };
+  const metadata = new grpc.Metadata();
+  metadata.set(JOIN_REFUSAL_METADATA, joinRefusalCodec.serialize(e.refusal));
+  return { code, details, metadata };
+}
+
+/** The JoinRefusal in a refused call's trailing metadata; undefined when there is none (or it does not decode). */
+function joinRefusalOf(metadata: unknown): JoinRefusal | undefined {
+  const bytes = metadata instanceof grpc.Metadata ? metadata.get(JOIN_REFUSAL_METADATA)[0] : undefined;
+  if (!Buffer.isBuffer(bytes)) return undefined;
+  try {
+    return joinRefusalCodec.deserialize(bytes);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Maps a gRPC error a client got back to a PartiError (refused, deadline, or the code given). */
@@ -222,7 +267,9 @@ export function fromGrpcError(err: unknown, what: string): PartiError {
   const e = err as Partial<grpc.ServiceError>;
   const details = e.details ?? (err instanceof Error ? err.message : String(err));
   if (typeof details === 'string' && details.startsWith(REFUSED_PREFIX)) {
-    return new PartiError('refused', `${what}: ${details.slice(REFUSED_PREFIX.length)}`, { cause: err });
+    const message = `${what}: ${details.slice(REFUSED_PREFIX.length)}`;
+    const refusal = joinRefusalOf(e.metadata);
+    return refusal ? new JoinRefusedError(message, refusal, { cause: err }) : new PartiError('refused', message, { cause: err });
   }
   if (e.code === grpc.status.DEADLINE_EXCEEDED) return new PartiError('deadline', `${what}: deadline exceeded`, { cause: err });
   return new PartiError('internal', `${what}: ${details}`, { cause: err });

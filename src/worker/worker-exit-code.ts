@@ -27,10 +27,14 @@ export const EXIT_JOB_STOPPED = 75;
 /** Exit codes that ask for the worker to be run again without counting a failure. */
 export const RETRY_EXIT_CODES: readonly number[] = [EXIT_JOB_STOPPED, EXIT_PREEMPTED];
 
-/** The coordinator's stop reason when the job ran all its steps. */
-const FINISHED_REASON = 'all steps done';
-/** What a finished coordinator answers a join with (a worker started after the end). */
-const FINISHED_REFUSAL = /\bhas finished\b/;
+/**
+ * Text fallback, for a coordinator that predates the typed field (Stop.finished, JoinRefusal in the
+ * refusal's metadata): its stop reason when the job ran all its steps, and its answer to a join
+ * after the end. Used only when the coordinator did not say `finished`; a newer coordinator may
+ * word its messages as it likes.
+ */
+const LEGACY_FINISHED_REASON = 'all steps done';
+const LEGACY_FINISHED_REFUSAL = /\bhas finished\b/;
 /** What a worker's runtime says when the coordinator stayed unreachable for runtime.reconnectMs. */
 const COORDINATOR_LOST = /cannot reach the coordinator/;
 
@@ -39,21 +43,32 @@ export function coordinatorLost(message: string): boolean {
   return COORDINATOR_LOST.test(message);
 }
 
-/** How a worker's run ended, as seen by its process. */
-export interface WorkerEnding {
-  /** The coordinator's stop reason, or the worker's own (`left`, …). */
+/** What the coordinator said about the end of the job, as the worker got it. */
+export interface JobVerdict {
+  /** The coordinator's stop reason or refusal message, or the worker's own reason (`left`, …). */
   reason: string;
+  /**
+   * The coordinator's typed answer: Stop.finished, or JoinRefusal.finished of a refused join.
+   * Undefined when it did not say: a coordinator that predates the field (then `reason` decides).
+   */
+  finished?: boolean;
+}
+
+/** How a worker's run ended, as seen by its process. */
+export interface WorkerEnding extends JobVerdict {
   /** The process got SIGTERM/SIGINT (or lost its launcher) and asked to leave. */
   signalled: boolean;
 }
 
 /** True when the coordinator said the job ran all its steps. */
-export function jobFinished(reason: string): boolean {
-  return reason === FINISHED_REASON || FINISHED_REFUSAL.test(reason);
+export function jobFinished(v: JobVerdict): boolean {
+  if (v.finished !== undefined) return v.finished;
+  // An older coordinator: only its words say it (see LEGACY_FINISHED_REASON).
+  return v.reason === LEGACY_FINISHED_REASON || LEGACY_FINISHED_REFUSAL.test(v.reason);
 }
 
 /** The exit code of a worker whose run ended this way. */
 export function workerExitCode(e: WorkerEnding): number {
-  if (jobFinished(e.reason)) return EXIT_FINISHED;
+  if (jobFinished(e)) return EXIT_FINISHED;
   return e.signalled ? EXIT_PREEMPTED : EXIT_JOB_STOPPED;
 }

@@ -11,7 +11,7 @@ import type { Config } from '../config/schema.ts';
 import { configHash } from '../config/load.ts';
 import { createGrpcCollectiveNode } from '../collective/grpc-transport.ts';
 import { openStore } from '../storage/open-store.ts';
-import { checkpointUrl } from '../coordinator/protocol.ts';
+import { checkpointUrl, JoinRefusedError } from '../coordinator/protocol.ts';
 import { log } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
 import { resolveJobSecurity } from '../security/job-security.ts';
@@ -119,21 +119,23 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
       else {
         // (the abandoned run ends with the process: the CLI exits at once)
         run.catch(() => {});
-        exit = { reason: 'left while joining the coordinator (no membership, nothing in flight)', applied: 0 };
+        exit = { reason: 'left while joining the coordinator (no membership, nothing in flight)', finished: false, applied: 0 };
         trained = false;
       }
     } catch (err) {
-      // A worker (re)started after the end: the finished coordinator refuses its join. Its index
-      // is done too, or a Job would start it again forever. A coordinator unreachable for
-      // reconnectMs (its pod is being replaced) is not this worker's failure either.
+      // A worker (re)started after the end: the finished coordinator refuses its join, saying so
+      // in JoinRefusal.finished (an older coordinator only in its words). Its index is done too,
+      // or a Job would start it again forever. A coordinator unreachable for reconnectMs (its pod
+      // is being replaced) is not this worker's failure either.
       const e = PartiError.from(err);
-      const finishedJob = e.code === 'refused' && jobFinished(e.message);
+      const finishedJob = e.code === 'refused' && jobFinished({ reason: e.message, finished: e instanceof JoinRefusedError ? e.refusal.finished : undefined });
       if (!finishedJob && !(e.code === 'deadline' && coordinatorLost(e.message))) throw err;
-      exit = { reason: e.message, applied: 0 };
+      exit = { reason: e.message, finished: finishedJob, applied: 0 };
       trained = false;
     }
-    const finished = jobFinished(exit.reason);
-    const exitCode = workerExitCode({ reason: exit.reason, signalled });
+    // Stop.finished decides (the coordinator's text only when it predates the field).
+    const finished = jobFinished(exit);
+    const exitCode = workerExitCode({ reason: exit.reason, finished: exit.finished, signalled });
     log.child({ role: 'worker' }).info({ reason: exit.reason, applied: exit.applied, finished, signalled, exitCode }, 'worker stopped');
     // (a worker refused after the end holds no trained parameters: keep the file its slot wrote)
     if (o.paramsOut && trained) {

@@ -134,6 +134,11 @@ interface PendingUpdate {
 /** The result of a worker's run. */
 export interface WorkerExit {
   reason: string;
+  /**
+   * The coordinator's Stop said the job ran all its steps (Stop.finished); false when this worker
+   * stopped on its own; undefined when the coordinator did not say (it predates the field).
+   */
+  finished?: boolean;
   /** Steps this worker applied. */
   applied: number;
 }
@@ -167,6 +172,7 @@ export class WorkerRuntime {
   private stream: grpc.ClientReadableStream<Command> | null = null;
   private streamEnded: ((why: string) => void) | null = null;
   private stopReason: string | null = null;
+  private stopFinished: boolean | undefined = undefined;
   private leaving = false;
   private applied = 0;
   private log = rootLog.child({ role: 'worker' });
@@ -195,7 +201,7 @@ export class WorkerRuntime {
 
   /** Runs until the coordinator says stop (or cannot be reached for reconnectMs). */
   async run(): Promise<WorkerExit> {
-    this.startHeartbeatThread(); // loads while the model is built (then the upload thread does)
+    this.startHeartbeatThread(); // loads while the model is built (the checkpoint upload thread starts with the first save)
     try {
       this.model = await this.opts.createModel();
       while (this.stopReason === null) {
@@ -217,7 +223,7 @@ export class WorkerRuntime {
       await this.opts.collective.close();
       (this.model as Trainable | undefined)?.dispose();
     }
-    return { reason: this.stopReason ?? 'stopped', applied: this.applied };
+    return { reason: this.stopReason ?? 'stopped', finished: this.stopFinished, applied: this.applied };
   }
 
   /** SIGTERM: leave at the next step boundary, losing no work. */
@@ -229,12 +235,13 @@ export class WorkerRuntime {
       await this.unary<{ accepted: boolean }>('leave', { jobId: this.opts.jobId, workerId: this.workerId, reason });
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cannot tell the coordinator that this worker leaves; stopping');
-      this.stop('left (coordinator unreachable)');
+      this.stop('left (coordinator unreachable)', false);
     }
   }
 
-  private stop(reason: string): void {
+  private stop(reason: string, finished: boolean | undefined): void {
     this.stopReason = reason;
+    this.stopFinished = finished;
     this.streamEnded?.(`stopped: ${reason}`);
     this.wake?.();
   }
@@ -277,7 +284,7 @@ export class WorkerRuntime {
         this.log.info({ coordinator: this.opts.coordinator }, 'joined');
         if (this.leaving) {
           // a preempted worker that lost its coordinator has nothing left to finish
-          this.stop('left');
+          this.stop('left', false);
         }
         return;
       } catch (err) {
@@ -315,12 +322,9 @@ export class WorkerRuntime {
       const t = new Worker(code, { eval: true, workerData: data });
       t.on('message', (m: HeartbeatNews) => {
         if (m.type === 'unknown' && m.workerId === this.workerId) this.streamEnded?.('the coordinator does not know this worker');
-        // The checkpoint upload thread loads next, so that the first checkpoint does not wait for
-        // it; not at the same time as this one, which must be heartbeating before the coordinator's
-        // failure timeout (two threads loading TypeScript at once on a busy machine can take seconds).
-        if (m.type === 'loaded' && this.state !== 'stopped') {
-          void this.opts.store?.start?.().catch((err: Error) => this.log.warn({ err: err.message }, 'cannot start the checkpoint upload thread (the first save starts it again)'));
-        }
+        // The checkpoint upload thread is not started here: the store's first save starts it, so
+        // that a worker that never checkpoints (no checkpoint steps, no final one) pays for no
+        // thread. That save's upload waits for the thread to load; training does not.
       });
       t.on('error', (err) => this.log.error({ err: err.message }, 'heartbeat thread failed'));
       t.unref();
@@ -402,8 +406,8 @@ export class WorkerRuntime {
       if ((cmd as { streamEnd?: boolean }).streamEnd) {
         this.streamEnded?.('command stream ended');
       } else if (cmd.stop) {
-        this.log.info({ reason: cmd.stop.reason }, 'stopping');
-        this.stop(cmd.stop.reason);
+        this.log.info({ reason: cmd.stop.reason, finished: cmd.stop.finished }, 'stopping');
+        this.stop(cmd.stop.reason, cmd.stop.finished);
       } else if (cmd.reconfigure) {
         // an epoch aborted before this worker even entered it
         if (cmd.reconfigure.epoch <= this.abortedEpoch) return;

@@ -1,0 +1,188 @@
+// What the coordinator tells its workers at the end: Stop.finished is true exactly when the job ran
+// all its steps, and a join after that end is refused with JoinRefusal.finished (typed, beside the
+// text). A worker's exit code rests on these (0 completes a Kubernetes Indexed Job's index), so
+// every other stop (a leaver, a job stopped before its end, a failed job) must say false.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Coordinator, type CheckpointCommitter, type CoordinatorOptions } from './coordinator.ts';
+import { StepPlan } from './step-samples.ts';
+import { EpochPlan } from '../data/epoch-plan.ts';
+import { PartiError } from '../errors.ts';
+import { fromGrpcError, JoinRefusedError, toGrpcStatus, type Command, type StepReport, type StopCommand } from './protocol.ts';
+import { objectKey } from '../storage/checkpoint-manifest.ts';
+
+/** A scripted worker: records the commands it gets; the test answers for it. */
+class ScriptedWorker {
+  readonly commands: Command[] = [];
+  readonly id: string;
+  constructor(readonly c: Coordinator, name: string) {
+    this.id = c.join({ jobId: 'job', configHash: 'h', workerName: name, collectiveAddress: `${name}:1`, paramCount: 10 }).workerId;
+    c.attach(this.id, (cmd) => this.commands.push(cmd), () => {});
+  }
+  last(): Command {
+    return this.commands.at(-1)!;
+  }
+  report(kind: StepReport['kind'], epoch: number, step: number, extra: Partial<StepReport> = {}): boolean {
+    return this.c.report({
+      jobId: 'job', workerId: this.id, kind, epoch, step, loss: 1, nonFinite: false, computeMs: 1, allReduceMs: 1, optimizerMs: 0,
+      samples: 1, optimizerStateBytes: 80, gradNorm: 0, error: '', checkpointObjectsJson: '', learningRate: 0.1, tokens: 0,
+      allReduceBytes: 0, skippedSamples: {}, snapshotMs: 0, ...extra,
+    });
+  }
+  ready(): void {
+    const r = this.last().reconfigure!;
+    this.report('READY', r.epoch, r.step);
+  }
+  reduced(): void {
+    const s = this.last().step!;
+    this.report('REDUCED', s.epoch, s.step);
+  }
+  /** The stop command this worker got (exactly one). */
+  stop(): StopCommand {
+    const stops = this.commands.filter((cmd) => cmd.stop);
+    assert.equal(stops.length, 1, `one stop: ${JSON.stringify(this.commands.map((cmd) => Object.keys(cmd)[0]))}`);
+    return stops[0]!.stop!;
+  }
+}
+
+function options(o: Partial<CoordinatorOptions> = {}): CoordinatorOptions {
+  return {
+    jobId: 'job', configHash: 'h', totalSteps: 2, microBatch: 2,
+    plan: new StepPlan(new EpochPlan([{ samples: 20 }], { seed: 0, globalBatch: 4 })),
+    targetWorkers: 2, minWorkers: 2, heartbeatMs: 50, failureTimeoutMs: 60_000, stepDeadlineMs: 60_000,
+    zeroStage: 0, checkpointEvery: 0, checkpointAtEnd: false, checkpoints: null, ledgerFile: null, ...o,
+  };
+}
+
+/** A join after the end, as the worker's runtime gets it back (through the gRPC status mapping). */
+function lateJoin(c: Coordinator): PartiError {
+  try {
+    c.join({ jobId: 'job', configHash: 'h', workerName: 'late', collectiveAddress: 'late:1', paramCount: 10 });
+  } catch (err) {
+    return fromGrpcError(toGrpcStatus(err), 'coordinator c:7070 join');
+  }
+  assert.fail('the late join was accepted');
+}
+
+test('a job that ran all its steps stops every worker with finished = true and refuses a late join with JoinRefusal.finished', () => {
+  const c = new Coordinator(options());
+  try {
+    const a = new ScriptedWorker(c, 'a');
+    const b = new ScriptedWorker(c, 'b');
+    a.ready();
+    b.ready();
+    for (let s = 0; s < 2; s++) {
+      a.reduced();
+      b.reduced();
+    }
+    assert.equal(c.phase.kind, 'done');
+    assert.equal(c.step, 2);
+    for (const w of [a, b]) assert.deepEqual(w.stop(), { reason: 'all steps done', finished: true });
+    const late = lateJoin(c);
+    assert.equal(late.code, 'refused');
+    assert.ok(late instanceof JoinRefusedError, `typed refusal: ${late.message}`);
+    assert.deepEqual(late.refusal, { finished: true });
+  } finally {
+    c.close();
+  }
+});
+
+test('a stop requested while the final checkpoint uploads still says finished: the job ran all its steps', async () => {
+  const committed: number[] = [];
+  const store: CheckpointCommitter = { latestStep: async () => committed.at(-1) ?? null, commit: async (step) => void committed.push(step) };
+  const c = new Coordinator(options({ targetWorkers: 1, minWorkers: 1, totalSteps: 1, checkpoints: store, checkpointAtEnd: true }));
+  try {
+    const a = new ScriptedWorker(c, 'a');
+    a.ready();
+    a.reduced();
+    const final = a.last().checkpoint!;
+    assert.equal(final.step, 1, 'the final checkpoint');
+    c.requestStop('SIGTERM');
+    assert.ok(!a.commands.some((cmd) => cmd.stop), 'no stop before the save lands');
+    a.report('CHECKPOINTED', final.epoch, 1, { checkpointObjectsJson: JSON.stringify([{ name: 'params.bin', key: objectKey(1, 'params.bin'), size: 8, sha256: 'a'.repeat(64) }]) });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(committed, [1]);
+    // (a text match on the reason would have made this worker exit 75 and run again)
+    assert.deepEqual(a.stop(), { reason: 'SIGTERM', finished: true });
+    assert.deepEqual((lateJoin(c) as JoinRefusedError).refusal, { finished: true });
+  } finally {
+    c.close();
+  }
+});
+
+test('a job stopped before its last step stops its workers with finished = false, and a late join is not told it finished', () => {
+  const c = new Coordinator(options({ targetWorkers: 1, minWorkers: 1, totalSteps: 5 }));
+  try {
+    const a = new ScriptedWorker(c, 'a');
+    a.ready();
+    a.reduced();
+    c.requestStop('all steps done'); // even in the words of a finished job
+    a.reduced(); // the stop comes at the next step boundary
+    assert.equal(c.step, 2);
+    assert.deepEqual(a.stop(), { reason: 'all steps done', finished: false });
+    const late = lateJoin(c);
+    assert.ok(!(late instanceof JoinRefusedError), late.message);
+    assert.notEqual(late.code, 'refused', late.message);
+  } finally {
+    c.close();
+  }
+});
+
+test('a worker that leaves at a step boundary is stopped with finished = false; the others finish with true', () => {
+  const c = new Coordinator(options({ targetWorkers: 3, minWorkers: 2, totalSteps: 3 }));
+  try {
+    const ws = ['a', 'b', 'x'].map((n) => new ScriptedWorker(c, n));
+    for (const w of ws) w.ready();
+    c.leave(ws[2]!.id, 'SIGTERM');
+    for (const w of ws) w.reduced();
+    assert.deepEqual(ws[2]!.stop(), { reason: 'left at a step boundary', finished: false });
+    const [a, b] = ws as [ScriptedWorker, ScriptedWorker];
+    a.ready();
+    b.ready();
+    while (c.phase.kind === 'stepping') {
+      a.reduced();
+      b.reduced();
+    }
+    assert.equal(c.step, 3);
+    for (const w of [a, b]) assert.deepEqual(w.stop(), { reason: 'all steps done', finished: true });
+  } finally {
+    c.close();
+  }
+});
+
+test('a failed job (aborts in a loop) stops its workers with finished = false', () => {
+  const c = new Coordinator(options({ targetWorkers: 1, minWorkers: 1 }));
+  try {
+    const a = new ScriptedWorker(c, 'a');
+    for (let i = 0; i < 60 && c.phase.kind !== 'done'; i++) {
+      if (a.last().reconfigure) a.ready();
+      const s = a.last().step!;
+      a.report('FAILED', s.epoch, s.step, { error: 'boom' });
+      // (skip the backoff between aborts: the test drives the clock)
+      (c as unknown as { phase: { kind: string } }).phase = c.phase.kind === 'backoff' ? { kind: 'between-steps' } : c.phase;
+      (c as unknown as { advance(): void }).advance();
+    }
+    assert.ok(c.failed, 'the job failed');
+    const stop = a.stop();
+    assert.equal(stop.finished, false, stop.reason);
+    const late = lateJoin(c);
+    assert.ok(!(late instanceof JoinRefusedError), late.message);
+  } finally {
+    c.close();
+  }
+});
+
+test('other join refusals carry no JoinRefusal (their text is all there is)', () => {
+  const c = new Coordinator(options());
+  try {
+    let refused: PartiError | null = null;
+    try {
+      c.join({ jobId: 'other', configHash: 'h', workerName: 'x', collectiveAddress: 'x:1', paramCount: 10 });
+    } catch (err) {
+      refused = fromGrpcError(toGrpcStatus(err), 'join');
+    }
+    assert.ok(refused && refused.code === 'refused' && !(refused instanceof JoinRefusedError), refused?.message);
+  } finally {
+    c.close();
+  }
+});
