@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ObjectStore } from './object-store.ts';
 import {
@@ -12,6 +12,7 @@ import {
   objectNameSchema,
   stepOfManifestKey,
   stepOfObjectKey,
+  stepPrefix,
   stepSchema,
   type CheckpointManifest,
   type CheckpointObjectRef,
@@ -36,9 +37,50 @@ const JOIN_LIMIT = 8 << 20;
 /** Pieces a large object is streamed (and hashed) in. */
 const PIECE = 4 << 20;
 
+/**
+ * Save attempts. Two attempts to save the same step (a save dropped or abandoned by a restarted
+ * coordinator, then the same step saved again, possibly by another rank or world size) must not
+ * write the same key: an upload of the old attempt still in flight would replace an object of
+ * the new one after it was committed. In the attempt layout every save writes its objects under a
+ * folder of its own, `steps/<step>/_<attempt>/<name>`, and the manifest names those keys. The
+ * `_` cannot start an object name, so these keys never meet the older layout's
+ * `steps/<step>/<name>` (checkpoints written that way still load). Both layouts keep every key of
+ * a step under `steps/<step>/`, which is what retention goes by.
+ */
+const ATTEMPT_PATTERN = /^[a-z0-9]{8,32}$/;
+
+/** A new save attempt's id: 64 random bits, so that no two attempts of any process share one. */
+export function newSaveAttempt(): string {
+  return randomBytes(8).toString('hex');
+}
+
+/** Key of object `name` of save attempt `attempt` of `step` (the attempt layout). */
+export function attemptObjectKey(step: number, attempt: string, name: string): string {
+  if (!ATTEMPT_PATTERN.test(attempt)) throw new PartiError('checkpoint', `checkpoint save attempt ${JSON.stringify(attempt)}: 8 to 32 lowercase letters or digits`);
+  return `${stepPrefix(step)}_${attempt}/${name}`;
+}
+
+/**
+ * Whether `key` is where object `name` of a checkpoint of `step` may live: `steps/<step>/<name>`
+ * (the layout of older checkpoints) or `steps/<step>/_<attempt>/<name>` (one save attempt's).
+ * A manifest naming any other key is refused, so that it cannot send a reader outside its step.
+ */
+export function isCheckpointObjectKey(step: number, name: string, key: string): boolean {
+  if (key === objectKey(step, name)) return true;
+  const prefix = `${stepPrefix(step)}_`;
+  const suffix = `/${name}`;
+  if (!key.startsWith(prefix) || !key.endsWith(suffix) || key.length <= prefix.length + suffix.length) return false;
+  return ATTEMPT_PATTERN.test(key.slice(prefix.length, key.length - suffix.length));
+}
+
 /** Options of writeCheckpointObject. */
 export interface WriteObjectOptions {
   signal?: AbortSignal;
+  /**
+   * The save attempt (newSaveAttempt()) whose folder the object goes to; absent: the step's own
+   * folder (the older layout, where two attempts of a step write the same keys).
+   */
+  attempt?: string;
 }
 
 /**
@@ -59,8 +101,8 @@ export async function writeCheckpointObject(
   const chunks = asChunks(bytes);
   const size = chunks.reduce((n, c) => n + c.length, 0);
   const hash = createHash('sha256');
-  const key = objectKey(step, name);
-  trace('object', { step, name, size });
+  const key = options.attempt === undefined ? objectKey(step, name) : attemptObjectKey(step, options.attempt, name);
+  trace('object', { step, name, size, key });
   if (size <= JOIN_LIMIT) {
     // Small: one buffer, which the store can resend whole on a retry.
     const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
@@ -123,7 +165,8 @@ export async function commitManifest(store: ObjectStore, input: ManifestInput, o
   const manifest = parsed.data;
   const step = manifest.step;
   for (const o of manifest.objects) {
-    if (o.key !== objectKey(step, o.name)) throw new PartiError('checkpoint', `manifest of step ${step}: object ${o.name} has key ${o.key}, expected ${objectKey(step, o.name)}`);
+    if (!isCheckpointObjectKey(step, o.name, o.key))
+      throw new PartiError('checkpoint', `manifest of step ${step}: object ${o.name} has key ${o.key}, expected ${objectKey(step, o.name)} or ${stepPrefix(step)}_<attempt>/${o.name}`);
   }
   // Objects first, manifest last: refuse to commit unless every object is there in full.
   await Promise.all(
@@ -157,6 +200,9 @@ async function prune(store: ObjectStore, step: number, keep: number, result: Com
     await store.delete(manifestKey(s));
     result.pruned.push(s);
   }
+  // Keys go by step in both layouts: a pruned or never committed step loses every attempt's
+  // objects. An abandoned attempt of a step that is still kept (its late upload landed beside the
+  // committed attempt) stays until that step is pruned: bounded by `keep`, and no manifest names it.
   const live = new Set(committed.filter((s) => !drop.has(s)));
   const objects = await store.list(STEPS_PREFIX);
   const orphanSteps = new Set<number>();

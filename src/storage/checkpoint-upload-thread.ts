@@ -16,6 +16,8 @@ export interface UploadRequest {
   url: string;
   storeOptions?: OpenStoreOptions;
   step: number;
+  /** The save attempt whose keys the objects go to (writeCheckpointObjects); absent: the step's keys. */
+  attempt?: string;
   objects: SnapshotObject[];
   concurrency: number;
   /**
@@ -86,7 +88,7 @@ parentPort!.on('message', (req: UploadRequest | { type: 'close' } | { type: 'pin
         objects = copyObjects(req.objects);
         parentPort!.postMessage({ type: 'copied', id: req.id } satisfies UploadReply);
       }
-      const refs = await writeCheckpointObjects(store, req.step, objects, req.concurrency);
+      const refs = await writeCheckpointObjects(store, req.step, objects, req.concurrency, undefined, req.attempt);
       parentPort!.postMessage({ type: 'done', id: req.id, refs } satisfies UploadReply);
     } catch (err) {
       const e = PartiError.from(err, 'checkpoint');

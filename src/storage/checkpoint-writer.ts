@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import type { ObjectStore } from './object-store.ts';
 import { openStore, type OpenStoreOptions } from './open-store.ts';
-import { writeCheckpointObject, type ObjectBytes } from './checkpoint-commit.ts';
+import { newSaveAttempt, writeCheckpointObject, type ObjectBytes } from './checkpoint-commit.ts';
 import type { CheckpointObjectRef } from './checkpoint-manifest.ts';
 import type { UploadReply, UploadRequest } from './checkpoint-upload-thread.ts';
 import { PartiError, type PartiErrorCode } from '../errors.ts';
@@ -14,20 +14,25 @@ export interface SnapshotObject {
   bytes: ObjectBytes;
 }
 
-/** Writes a step's objects, `concurrency` at a time, and returns their manifest entries in order. */
+/**
+ * Writes a step's objects, `concurrency` at a time, and returns their manifest entries in order.
+ * With `attempt` (newSaveAttempt()) they go to that save attempt's own keys (see
+ * attemptObjectKey); without, to the step's (the older layout).
+ */
 export async function writeCheckpointObjects(
   store: ObjectStore,
   step: number,
   objects: readonly SnapshotObject[],
   concurrency = 4,
   signal?: AbortSignal,
+  attempt?: string,
 ): Promise<CheckpointObjectRef[]> {
   const refs: CheckpointObjectRef[] = new Array(objects.length);
   let next = 0;
   const lanes = Array.from({ length: Math.max(1, Math.min(concurrency, objects.length)) }, async () => {
     while (next < objects.length) {
       const i = next++;
-      refs[i] = await writeCheckpointObject(store, step, objects[i]!.name, objects[i]!.bytes, { signal });
+      refs[i] = await writeCheckpointObject(store, step, objects[i]!.name, objects[i]!.bytes, { signal, ...(attempt === undefined ? {} : { attempt }) });
     }
   });
   await Promise.all(lanes);
@@ -58,6 +63,15 @@ export interface CheckpointWriterOptions {
    * thread only, so the upload yields the CPU to training when cores are short.
    */
   niceness?: number;
+  /**
+   * Where objects go. `attempt`: each save writes keys of its own (`steps/<step>/_<attempt>/…`,
+   * see attemptObjectKey), so that an upload of an abandoned save still in flight can never
+   * replace an object of a later save of the same step. `step` (default): `steps/<step>/<name>`,
+   * shared by every save of that step. The default stays `step` until the coordinator's check of
+   * reported objects and the loader's check of manifests (both of which accept only
+   * `steps/<step>/<name>` today) accept isCheckpointObjectKey's keys.
+   */
+  keyLayout?: 'step' | 'attempt';
 }
 
 /** The writer's lifecycle. */
@@ -66,6 +80,8 @@ export type CheckpointWriterState = { state: 'idle' } | { state: 'saving'; step:
 /** A save that was started. */
 export interface SaveTicket {
   step: number;
+  /** The save attempt whose keys the objects go to (keyLayout `attempt`), else null. */
+  attempt: string | null;
   /**
    * Resolves once the writer no longer reads the arrays passed to save() (never rejects): at
    * once, unless they were handed over with `copyInThread`, then when the upload thread has
@@ -111,8 +127,17 @@ export class CheckpointWriter {
   private inFlight: Promise<unknown> = Promise.resolve();
   private readonly options: Required<Omit<CheckpointWriterOptions, 'storeOptions'>> & { storeOptions?: OpenStoreOptions };
 
+  /** Starts nothing: the upload thread starts with the first save (or start()). */
   constructor(options: CheckpointWriterOptions) {
-    this.options = { thread: true, concurrency: 4, transfer: true, niceness: 10, ...options };
+    this.options = { thread: true, concurrency: 4, transfer: true, niceness: 10, keyLayout: 'step', ...options };
+  }
+
+  /**
+   * Whether the upload thread exists: false until the first save (or start()) and after close(),
+   * so that a worker that never checkpoints pays for no thread.
+   */
+  get threadRunning(): boolean {
+    return this.worker !== null;
   }
 
   get state(): CheckpointWriterState {
@@ -150,7 +175,8 @@ export class CheckpointWriter {
       }));
     }
     if (!inThread) copied();
-    const done = (this.options.thread ? this.saveInThread(step, objects, inThread, copied) : this.saveHere(step, objects)).then(
+    const attempt = this.options.keyLayout === 'attempt' ? newSaveAttempt() : null;
+    const done = (this.options.thread ? this.saveInThread(step, attempt, objects, inThread, copied) : this.saveHere(step, attempt, objects)).then(
       (refs) => {
         this.failure = null;
         return refs;
@@ -173,12 +199,14 @@ export class CheckpointWriter {
     done.catch(() => {});
     // However the save ends, the thread no longer reads the arrays.
     void this.inFlight.then(copied);
-    return { step, copied: copiedPromise, done };
+    return { step, attempt, copied: copiedPromise, done };
   }
 
   /**
-   * Starts the upload thread now and resolves once it has loaded, so that the first checkpoint
-   * does not pay for it (call it at worker start). A no-op without a thread.
+   * Optional: starts the upload thread now and resolves once it has loaded, for a caller that
+   * knows it will save and wants the first save not to wait for the thread to load. Saves start
+   * the thread themselves, so a process that may never save should not call this. A no-op
+   * without a thread.
    */
   async start(): Promise<void> {
     if (!this.options.thread || this.current.state === 'closed') return;
@@ -225,9 +253,9 @@ export class CheckpointWriter {
     }
   }
 
-  private async saveHere(step: number, objects: readonly SnapshotObject[]): Promise<CheckpointObjectRef[]> {
+  private async saveHere(step: number, attempt: string | null, objects: readonly SnapshotObject[]): Promise<CheckpointObjectRef[]> {
     this.store ??= openStore(this.options.url, this.options.storeOptions);
-    return writeCheckpointObjects(this.store, step, objects, this.options.concurrency);
+    return writeCheckpointObjects(this.store, step, objects, this.options.concurrency, undefined, attempt ?? undefined);
   }
 
   private startWorker(): Worker {
@@ -264,8 +292,7 @@ export class CheckpointWriter {
     return worker;
   }
 
-  private saveInThread(step: number, objects: readonly SnapshotObject[], copy = false, copied: () => void = () => {}): Promise<CheckpointObjectRef[]> {
-    this.worker ??= this.startWorker();
+  private saveInThread(step: number, attempt: string | null, objects: readonly SnapshotObject[], copy = false, copied: () => void = () => {}): Promise<CheckpointObjectRef[]> {
     const id = this.nextId++;
     const plain = objects.map((o) => ({
       name: o.name,
@@ -292,17 +319,21 @@ export class CheckpointWriter {
       step,
       objects: plain,
       concurrency: this.options.concurrency,
+      ...(attempt === null ? {} : { attempt }),
       ...(copy ? { copy: true } : {}),
     };
     return new Promise<CheckpointObjectRef[]>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, copied });
-      // Keep the process alive while a save is in flight, and not longer.
-      this.worker!.ref();
       try {
-        this.worker!.postMessage(request, transfer);
+        // The first save starts the thread (messages wait in its port until it has loaded); one
+        // that cannot start fails this save, and the next save tries again.
+        this.worker ??= this.startWorker();
+        // Keep the process alive while a save is in flight, and not longer.
+        this.worker.ref();
+        this.worker.postMessage(request, transfer);
       } catch (err) {
         this.pending.delete(id);
-        reject(PartiError.from(err, 'checkpoint'));
+        reject(new PartiError('checkpoint', `checkpoint upload thread: cannot start the save of step ${step}: ${(err as Error).message}`));
       }
     }).finally(() => this.worker?.unref());
   }
