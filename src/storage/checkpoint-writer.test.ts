@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CheckpointWriter } from './checkpoint-writer.ts';
 import { FileStore } from './file-store.ts';
+import { isCheckpointObjectKey } from './checkpoint-commit.ts';
 import { objectKey, stepPrefix } from './checkpoint-manifest.ts';
 import { PartiError } from '../errors.ts';
 
@@ -34,7 +35,8 @@ describe('CheckpointWriter: the upload thread starts with the first save', () =>
         assert.ok(ticket);
         assert.equal(writer.threadRunning, true, 'the first save started the thread');
         const refs = await ticket.done;
-        assert.deepEqual(refs, [{ name: 'params.bin', key: objectKey(3, 'params.bin'), size: expected.length, sha256: sha(expected) }]);
+        assert.deepEqual(refs, [{ name: 'params.bin', key: refs[0]!.key, size: expected.length, sha256: sha(expected) }]);
+        assert.ok(isCheckpointObjectKey(3, 'params.bin', refs[0]!.key), refs[0]!.key);
         const stored = await new FileStore(dir).get(refs[0]!.key);
         assert.ok(stored.equals(expected), 'the bytes that landed are the snapshot');
         await writer.close();
@@ -139,9 +141,9 @@ describe('CheckpointWriter: keys of save attempts', () => {
     });
   }
 
-  it('writes the step layout by default (no attempt)', async () => {
+  it('the step layout writes every save of a step to the same keys (no attempt)', async () => {
     await withDir(async (dir) => {
-      const writer = new CheckpointWriter({ url: dir, thread: false });
+      const writer = new CheckpointWriter({ url: dir, thread: false, keyLayout: 'step' });
       try {
         const ticket = writer.save(4, [{ name: 'params.bin', bytes: Buffer.from('p') }])!;
         assert.equal(ticket.attempt, null);
