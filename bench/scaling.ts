@@ -9,7 +9,10 @@
 //   (checkpoint.everySteps 1 against none, to file:// in the run directory): wall time per step,
 //   the median step time and the workers' snapshot time, alternating the two runs.
 // The frozen image tokenizer is at its initialization (throughput does not depend on its training).
-// Run: flock /tmp/parti-bench.lock npx tsx bench/scaling.ts [--steps 8] [--per-worker-batch 8]
+// Run: flock /tmp/parti-bench.lock npx tsx bench/scaling.ts [--steps 16] [--rounds 2] [--per-worker-batch 8,16,32]
+//      (default per-worker batch: the tiny config's own training.parti.batchSize, 16; a list prints
+//      the speedup at each size: the all-reduce and the wait for the slower rank are per step, so
+//      the share they take falls as the per-worker batch grows)
 //      flock /tmp/parti-bench.lock npx tsx bench/scaling.ts --checkpoint-stall [--workers 2] [--steps 16] [--rounds 2]
 // - with --contention: why compute per step grows with 2 workers: the median compute time of one
 //   1-worker job alone, of two independent 1-worker jobs at once (no all-reduce, no shared
@@ -25,8 +28,17 @@ const arg = (name: string, def: number) => {
   const i = process.argv.indexOf(name);
   return i >= 0 ? Number(process.argv[i + 1]) : def;
 };
-const STEPS = arg('--steps', 8);
-const PER_WORKER = arg('--per-worker-batch', 8);
+const STEPS = arg('--steps', 16);
+const TINY_BATCH = loadConfig('configs/tiny.yaml').training.parti.batchSize;
+const PER_WORKER_LIST = (() => {
+  const i = process.argv.indexOf('--per-worker-batch');
+  const raw = i >= 0 ? process.argv[i + 1]! : String(TINY_BATCH);
+  const xs = raw.split(',').map(Number);
+  if (xs.some((x) => !Number.isInteger(x) || x < 1)) throw new Error(`--per-worker-batch: integers >= 1, comma-separated, got ${raw}`);
+  return xs;
+})();
+/** The per-worker batch of the modes that take one (the first of the list). */
+const PER_WORKER = PER_WORKER_LIST[0]!;
 const WARMUP = 2;
 
 interface StepLine {
@@ -39,11 +51,11 @@ interface StepLine {
   at: number;
 }
 
-async function setup(cluster: Cluster, workers: number, steps: number, minWorkers = workers, checkpointEvery = 0): Promise<string> {
+async function setup(cluster: Cluster, workers: number, steps: number, minWorkers = workers, checkpointEvery = 0, perWorker = PER_WORKER): Promise<string> {
   const tiny = loadConfig('configs/tiny.yaml');
   tiny.training.parti.steps = steps;
-  tiny.training.parti.batchSize = PER_WORKER * workers;
-  tiny.training.parti.microBatchSize = PER_WORKER;
+  tiny.training.parti.batchSize = perWorker * workers;
+  tiny.training.parti.microBatchSize = perWorker;
   tiny.data.synthetic.samples = 1024;
   tiny.runtime.backend = 'wasm';
   tiny.runtime.workers = workers;
@@ -63,19 +75,21 @@ function steps(lines: string[]): StepLine[] {
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.floor(s.length / 2)]! : Number.NaN;
+  const m = Math.floor(s.length / 2);
+  if (!s.length) return Number.NaN;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-async function throughput(workers: number): Promise<{ samplesPerSec: number; tokensPerSec: number; allReduceShare: number; stepMs: number; computeMs: number }> {
+async function throughput(workers: number, perWorker: number): Promise<{ samplesPerSec: number; tokensPerSec: number; allReduceShare: number; stepMs: number; computeMs: number }> {
   const cluster = new Cluster(`scaling${workers}`);
   try {
-    const cfg = await setup(cluster, workers, STEPS);
+    const cfg = await setup(cluster, workers, STEPS, workers, 0, perWorker);
     const c = await cluster.coordinator(cfg);
     for (let i = 0; i < workers; i++) cluster.worker(cfg, c.address, `w${i}`);
     await c.waitFor(/"done":true/, 900_000);
     const s = steps(c.lines).filter((x) => x.step >= WARMUP);
     const seconds = (s.at(-1)!.at - s[0]!.at) / 1000;
-    const samples = (s.length - 1) * PER_WORKER * workers;
+    const samples = (s.length - 1) * perWorker * workers;
     const tokens = samples * 64;
     return {
       samplesPerSec: samples / seconds,
@@ -199,21 +213,27 @@ if (process.argv.includes('--checkpoint-stall')) {
   process.exit(0);
 }
 process.env.PARTI_LOG_LEVEL ??= 'warn';
-console.log(`tiny config, wasm, ${PER_WORKER} samples per worker per step, ${STEPS} steps (first ${WARMUP} not timed); 1 and 2 workers alternate twice`);
 const ROUNDS = arg('--rounds', 2);
-const ones: number[] = [];
-const twos: number[] = [];
-for (let round = 0; round < ROUNDS; round++) {
-  for (const n of [1, 2]) {
-    const before = load();
-    const r = await throughput(n);
-    (n === 1 ? ones : twos).push(r.samplesPerSec);
-    console.log(
-      `${n} worker${n > 1 ? 's' : ' '}: ${r.samplesPerSec.toFixed(2)} samples/s, ${r.tokensPerSec.toFixed(0)} image tokens/s, step ${r.stepMs.toFixed(0)} ms (compute ${r.computeMs.toFixed(0)} ms), all-reduce ${(r.allReduceShare * 100).toFixed(1)}% of a step (median); load average ${before} -> ${load()}`,
-    );
+const curve: string[] = [];
+for (const perWorker of PER_WORKER_LIST) {
+  console.log(`tiny config, wasm, ${perWorker} samples per worker per step${perWorker === TINY_BATCH ? " (the config's batch)" : ''}, ${STEPS} steps (first ${WARMUP} not timed); 1 and 2 workers alternate ${ROUNDS} times`);
+  const ones: number[] = [];
+  const twos: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const n of [1, 2]) {
+      const before = load();
+      const r = await throughput(n, perWorker);
+      (n === 1 ? ones : twos).push(r.samplesPerSec);
+      console.log(
+        `${n} worker${n > 1 ? 's' : ' '}: ${r.samplesPerSec.toFixed(2)} samples/s, ${r.tokensPerSec.toFixed(0)} image tokens/s, step ${r.stepMs.toFixed(0)} ms (compute ${r.computeMs.toFixed(0)} ms), all-reduce ${(r.allReduceShare * 100).toFixed(1)}% of a step (median); load average ${before} -> ${load()}`,
+      );
+    }
   }
+  const best = (xs: number[]) => Math.max(...xs);
+  const line = `${perWorker} per worker: speedup 2 vs 1 workers ${(best(twos) / best(ones)).toFixed(2)}x best vs best, ${(median(twos) / median(ones)).toFixed(2)}x median vs median (goal >= 1.9x)`;
+  curve.push(line);
+  console.log(line);
 }
-const best = (xs: number[]) => Math.max(...xs);
-console.log(`speedup 2 vs 1 workers: ${(best(twos) / best(ones)).toFixed(2)}x best vs best, ${(median(twos) / median(ones)).toFixed(2)}x median vs median (goal >= 1.9x)`);
+if (curve.length > 1) console.log(`speedup by per-worker batch:\n  ${curve.join('\n  ')}`);
 const r = await recovery();
-console.log(`worker SIGKILL to the next committed step: ${r.detectToNextStepMs} ms (a step took ${r.stepMsBefore.toFixed(0)} ms before; the step is redone on the survivor alone)`);
+console.log(`worker SIGKILL to the next committed step (${PER_WORKER} per worker): ${r.detectToNextStepMs} ms (a step took ${r.stepMsBefore.toFixed(0)} ms before; the step is redone on the survivor alone)`);
