@@ -134,7 +134,7 @@ test('the worker\'s exit-code rules match what the real coordinator says at the 
     assert.fail('the late join was accepted');
   };
 
-  // All steps run: the stop reason means "finished" (exit 0), signalled or not; so does a late join's refusal.
+  // All steps run: Stop.finished says so (exit 0), signalled or not; so does a late join's JoinRefusal.
   const done = new Coordinator(options());
   try {
     const commands: Command[] = [];
