@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config/load.ts';
 import { loadGenerationCheckpoint } from '../src/generate/generation-checkpoint.ts';
-import { manifestKey, stepPrefix } from '../src/storage/checkpoint-manifest.ts';
+import { manifestKey } from '../src/storage/checkpoint-manifest.ts';
 import { Cluster, writeInitialTokenizer } from './orchestration-harness.ts';
 import { startS3rver } from './helpers/s3rver.ts';
 import { publishStateDir } from '../src/storage/published-state.ts';
@@ -73,7 +73,8 @@ test('generate reads a cluster run from its committed checkpoints: newest, @STEP
   assert.equal(meta.partiStep, 6);
 
   // The newest checkpoint's params.bin corrupted (same size): a warning naming it, then step 4.
-  const paramsFile = join(cluster.dir, 'checkpoints', `${stepPrefix(6)}params.bin`);
+  const manifest6 = JSON.parse(readFileSync(join(cluster.dir, 'checkpoints', manifestKey(6)), 'utf8')) as { objects: { name: string; key: string }[] };
+  const paramsFile = join(cluster.dir, 'checkpoints', manifest6.objects.find((o) => o.name === 'params.bin')!.key);
   const bytes = readFileSync(paramsFile);
   bytes[100] = bytes[100]! ^ 0xff;
   writeFileSync(paramsFile, bytes);

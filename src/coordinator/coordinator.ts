@@ -10,7 +10,7 @@ import { log as rootLog } from '../observability/log.ts';
 import { PartiError } from '../errors.ts';
 import { z } from 'zod';
 import { Ledger } from './ledger.ts';
-import { checkpointObjectSchema, objectKey } from '../storage/checkpoint-manifest.ts';
+import { checkpointObjectSchema, expectedObjectKeys, isCheckpointObjectKey } from '../storage/checkpoint-manifest.ts';
 import type { StepPlan } from './step-samples.ts';
 import { JoinRefusedError, type Command, type JoinReply, type JoinRequest, type StepReport } from './protocol.ts';
 
@@ -868,7 +868,7 @@ export function parseCheckpointObjects(json: string, step: number): CheckpointOb
     return `checkpointObjectsJson${where}: ${issue.message}`;
   }
   for (const o of parsed.data) {
-    if (o.key !== objectKey(step, o.name)) return `checkpointObjectsJson: object ${o.name} has key ${JSON.stringify(o.key)}, expected ${objectKey(step, o.name)}`;
+    if (!isCheckpointObjectKey(step, o.name, o.key)) return `checkpointObjectsJson: object ${o.name} has key ${JSON.stringify(o.key.slice(0, 200))}, expected ${expectedObjectKeys(step, o.name)}`;
   }
   return parsed.data;
 }

@@ -1,9 +1,11 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ObjectStore } from './object-store.ts';
 import {
   CHECKPOINT_FORMAT,
   CHECKPOINT_VERSION,
+  attemptObjectKey,
+  isCheckpointObjectKey,
   MANIFESTS_PREFIX,
   STEPS_PREFIX,
   checkpointManifestSchema,
@@ -36,42 +38,6 @@ function asChunks(bytes: ObjectBytes): Buffer[] {
 const JOIN_LIMIT = 8 << 20;
 /** Pieces a large object is streamed (and hashed) in. */
 const PIECE = 4 << 20;
-
-/**
- * Save attempts. Two attempts to save the same step (a save dropped or abandoned by a restarted
- * coordinator, then the same step saved again, possibly by another rank or world size) must not
- * write the same key: an upload of the old attempt still in flight would replace an object of
- * the new one after it was committed. In the attempt layout every save writes its objects under a
- * folder of its own, `steps/<step>/_<attempt>/<name>`, and the manifest names those keys. The
- * `_` cannot start an object name, so these keys never meet the older layout's
- * `steps/<step>/<name>` (checkpoints written that way still load). Both layouts keep every key of
- * a step under `steps/<step>/`, which is what retention goes by.
- */
-const ATTEMPT_PATTERN = /^[a-z0-9]{8,32}$/;
-
-/** A new save attempt's id: 64 random bits, so that no two attempts of any process share one. */
-export function newSaveAttempt(): string {
-  return randomBytes(8).toString('hex');
-}
-
-/** Key of object `name` of save attempt `attempt` of `step` (the attempt layout). */
-export function attemptObjectKey(step: number, attempt: string, name: string): string {
-  if (!ATTEMPT_PATTERN.test(attempt)) throw new PartiError('checkpoint', `checkpoint save attempt ${JSON.stringify(attempt)}: 8 to 32 lowercase letters or digits`);
-  return `${stepPrefix(step)}_${attempt}/${name}`;
-}
-
-/**
- * Whether `key` is where object `name` of a checkpoint of `step` may live: `steps/<step>/<name>`
- * (the layout of older checkpoints) or `steps/<step>/_<attempt>/<name>` (one save attempt's).
- * A manifest naming any other key is refused, so that it cannot send a reader outside its step.
- */
-export function isCheckpointObjectKey(step: number, name: string, key: string): boolean {
-  if (key === objectKey(step, name)) return true;
-  const prefix = `${stepPrefix(step)}_`;
-  const suffix = `/${name}`;
-  if (!key.startsWith(prefix) || !key.endsWith(suffix) || key.length <= prefix.length + suffix.length) return false;
-  return ATTEMPT_PATTERN.test(key.slice(prefix.length, key.length - suffix.length));
-}
 
 /** Options of writeCheckpointObject. */
 export interface WriteObjectOptions {

@@ -4,8 +4,9 @@ import type { ObjectStore } from './object-store.ts';
 import {
   MANIFESTS_PREFIX,
   checkpointManifestSchema,
+  isCheckpointObjectKey,
+  expectedObjectKeys,
   manifestKey,
-  objectKey,
   stepOfManifestKey,
   type CheckpointManifest,
   type CheckpointObjectRef,
@@ -105,10 +106,11 @@ export async function readManifest(store: ObjectStore, step: number, signal?: Ab
     throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} fails its schema: ${where}: ${issue.message.slice(0, 300)}`);
   }
   if (parsed.data.step !== step) throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} says step ${parsed.data.step}`);
-  // Objects live under their own step: a manifest must not send a reader to any other key.
+  // Objects live under their own step (steps/<step>/<name>, or a save attempt's
+  // steps/<step>/_<attempt>/<name>): a manifest must not send a reader to any other key.
   for (const o of parsed.data.objects) {
-    if (o.key !== objectKey(step, o.name))
-      throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} fails its schema: object ${o.name} has key ${JSON.stringify(o.key.slice(0, 200))}, expected ${objectKey(step, o.name)}`);
+    if (!isCheckpointObjectKey(step, o.name, o.key))
+      throw new PartiError('checkpoint', `checkpoint step ${step}: manifest ${key} fails its schema: object ${o.name} has key ${JSON.stringify(o.key.slice(0, 200))}, expected ${expectedObjectKeys(step, o.name)}`);
   }
   return parsed.data;
 }

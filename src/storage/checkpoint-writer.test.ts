@@ -6,8 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CheckpointWriter } from './checkpoint-writer.ts';
 import { FileStore } from './file-store.ts';
-import { isCheckpointObjectKey } from './checkpoint-commit.ts';
-import { objectKey, stepPrefix } from './checkpoint-manifest.ts';
+import { isCheckpointObjectKey, objectKey, stepPrefix } from './checkpoint-manifest.ts';
 import { PartiError } from '../errors.ts';
 
 async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {

@@ -1,8 +1,8 @@
 import { Worker } from 'node:worker_threads';
 import type { ObjectStore } from './object-store.ts';
 import { openStore, type OpenStoreOptions } from './open-store.ts';
-import { newSaveAttempt, writeCheckpointObject, type ObjectBytes } from './checkpoint-commit.ts';
-import type { CheckpointObjectRef } from './checkpoint-manifest.ts';
+import { writeCheckpointObject, type ObjectBytes } from './checkpoint-commit.ts';
+import { newSaveAttempt, type CheckpointObjectRef } from './checkpoint-manifest.ts';
 import type { UploadReply, UploadRequest } from './checkpoint-upload-thread.ts';
 import { PartiError, type PartiErrorCode } from '../errors.ts';
 import { log } from '../observability/log.ts';
@@ -64,12 +64,11 @@ export interface CheckpointWriterOptions {
    */
   niceness?: number;
   /**
-   * Where objects go. `attempt`: each save writes keys of its own (`steps/<step>/_<attempt>/…`,
-   * see attemptObjectKey), so that an upload of an abandoned save still in flight can never
-   * replace an object of a later save of the same step. `step` (default): `steps/<step>/<name>`,
-   * shared by every save of that step. The default stays `step` until the coordinator's check of
-   * reported objects and the loader's check of manifests (both of which accept only
-   * `steps/<step>/<name>` today) accept isCheckpointObjectKey's keys.
+   * Where objects go. `attempt` (default): each save writes keys of its own
+   * (`steps/<step>/_<attempt>/…`, see attemptObjectKey), so that an upload of an abandoned save
+   * still in flight can never replace an object of a later save of the same step. `step`:
+   * `steps/<step>/<name>`, shared by every save of that step (the older layout; the coordinator
+   * and the loader accept both, isCheckpointObjectKey).
    */
   keyLayout?: 'step' | 'attempt';
 }
@@ -129,7 +128,7 @@ export class CheckpointWriter {
 
   /** Starts nothing: the upload thread starts with the first save (or start()). */
   constructor(options: CheckpointWriterOptions) {
-    this.options = { thread: true, concurrency: 4, transfer: true, niceness: 10, keyLayout: 'step', ...options };
+    this.options = { thread: true, concurrency: 4, transfer: true, niceness: 10, keyLayout: 'attempt', ...options };
   }
 
   /**
