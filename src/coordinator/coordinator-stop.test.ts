@@ -4,55 +4,14 @@
 // every other stop (a leaver, a job stopped before its end, a failed job) must say false.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Coordinator, type CheckpointCommitter, type CoordinatorOptions } from './coordinator.ts';
-import { StepPlan } from './step-samples.ts';
-import { EpochPlan } from '../data/epoch-plan.ts';
+import { Coordinator, type CheckpointCommitter } from './coordinator.ts';
 import { PartiError } from '../errors.ts';
-import { fromGrpcError, JoinRefusedError, toGrpcStatus, type Command, type StepReport, type StopCommand } from './protocol.ts';
+import { fromGrpcError, JoinRefusedError, toGrpcStatus } from './protocol.ts';
 import { objectKey } from '../storage/checkpoint-manifest.ts';
+import { FakeWorker, readyPair, options as jobOptions } from './coordinator-fixtures.ts';
 
-/** A scripted worker: records the commands it gets; the test answers for it. */
-class ScriptedWorker {
-  readonly commands: Command[] = [];
-  readonly id: string;
-  constructor(readonly c: Coordinator, name: string) {
-    this.id = c.join({ jobId: 'job', configHash: 'h', workerName: name, collectiveAddress: `${name}:1`, paramCount: 10 }).workerId;
-    c.attach(this.id, (cmd) => this.commands.push(cmd), () => {});
-  }
-  last(): Command {
-    return this.commands.at(-1)!;
-  }
-  report(kind: StepReport['kind'], epoch: number, step: number, extra: Partial<StepReport> = {}): boolean {
-    return this.c.report({
-      jobId: 'job', workerId: this.id, kind, epoch, step, loss: 1, nonFinite: false, computeMs: 1, allReduceMs: 1, optimizerMs: 0,
-      samples: 1, optimizerStateBytes: 80, gradNorm: 0, error: '', checkpointObjectsJson: '', learningRate: 0.1, tokens: 0,
-      allReduceBytes: 0, skippedSamples: {}, snapshotMs: 0, ...extra,
-    });
-  }
-  ready(): void {
-    const r = this.last().reconfigure!;
-    this.report('READY', r.epoch, r.step);
-  }
-  reduced(): void {
-    const s = this.last().step!;
-    this.report('REDUCED', s.epoch, s.step);
-  }
-  /** The stop command this worker got (exactly one). */
-  stop(): StopCommand {
-    const stops = this.commands.filter((cmd) => cmd.stop);
-    assert.equal(stops.length, 1, `one stop: ${JSON.stringify(this.commands.map((cmd) => Object.keys(cmd)[0]))}`);
-    return stops[0]!.stop!;
-  }
-}
-
-function options(o: Partial<CoordinatorOptions> = {}): CoordinatorOptions {
-  return {
-    jobId: 'job', configHash: 'h', totalSteps: 2, microBatch: 2,
-    plan: new StepPlan(new EpochPlan([{ samples: 20 }], { seed: 0, globalBatch: 4 })),
-    targetWorkers: 2, minWorkers: 2, heartbeatMs: 50, failureTimeoutMs: 60_000, stepDeadlineMs: 60_000,
-    zeroStage: 0, checkpointEvery: 0, checkpointAtEnd: false, checkpoints: null, ledgerFile: null, ...o,
-  };
-}
+/** A job of 2 steps (the fixtures' default is 5). */
+const options = (o: Parameters<typeof jobOptions>[0] = {}) => jobOptions({ totalSteps: 2, ...o });
 
 /** A join after the end, as the worker's runtime gets it back (through the gRPC status mapping). */
 function lateJoin(c: Coordinator): PartiError {
@@ -67,10 +26,7 @@ function lateJoin(c: Coordinator): PartiError {
 test('a job that ran all its steps stops every worker with finished = true and refuses a late join with JoinRefusal.finished', () => {
   const c = new Coordinator(options());
   try {
-    const a = new ScriptedWorker(c, 'a');
-    const b = new ScriptedWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     for (let s = 0; s < 2; s++) {
       a.reduced();
       b.reduced();
@@ -92,7 +48,7 @@ test('a stop requested while the final checkpoint uploads still says finished: t
   const store: CheckpointCommitter = { latestStep: async () => committed.at(-1) ?? null, commit: async (step) => void committed.push(step) };
   const c = new Coordinator(options({ targetWorkers: 1, minWorkers: 1, totalSteps: 1, checkpoints: store, checkpointAtEnd: true }));
   try {
-    const a = new ScriptedWorker(c, 'a');
+    const a = new FakeWorker(c, 'a');
     a.ready();
     a.reduced();
     const final = a.last().checkpoint!;
@@ -113,7 +69,7 @@ test('a stop requested while the final checkpoint uploads still says finished: t
 test('a job stopped before its last step stops its workers with finished = false, and a late join is not told it finished', () => {
   const c = new Coordinator(options({ targetWorkers: 1, minWorkers: 1, totalSteps: 5 }));
   try {
-    const a = new ScriptedWorker(c, 'a');
+    const a = new FakeWorker(c, 'a');
     a.ready();
     a.reduced();
     c.requestStop('all steps done'); // even in the words of a finished job
@@ -131,12 +87,12 @@ test('a job stopped before its last step stops its workers with finished = false
 test('a worker that leaves at a step boundary is stopped with finished = false; the others finish with true', () => {
   const c = new Coordinator(options({ targetWorkers: 3, minWorkers: 2, totalSteps: 3 }));
   try {
-    const ws = ['a', 'b', 'x'].map((n) => new ScriptedWorker(c, n));
+    const ws = ['a', 'b', 'x'].map((n) => new FakeWorker(c, n));
     for (const w of ws) w.ready();
     c.leave(ws[2]!.id, 'SIGTERM');
     for (const w of ws) w.reduced();
     assert.deepEqual(ws[2]!.stop(), { reason: 'left at a step boundary', finished: false });
-    const [a, b] = ws as [ScriptedWorker, ScriptedWorker];
+    const [a, b] = ws as [FakeWorker, FakeWorker];
     a.ready();
     b.ready();
     while (c.phase.kind === 'stepping') {
@@ -153,7 +109,7 @@ test('a worker that leaves at a step boundary is stopped with finished = false; 
 test('a failed job (aborts in a loop) stops its workers with finished = false', () => {
   const c = new Coordinator(options({ targetWorkers: 1, minWorkers: 1 }));
   try {
-    const a = new ScriptedWorker(c, 'a');
+    const a = new FakeWorker(c, 'a');
     for (let i = 0; i < 60 && c.phase.kind !== 'done'; i++) {
       if (a.last().reconfigure) a.ready();
       const s = a.last().step!;

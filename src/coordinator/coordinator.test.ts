@@ -1,59 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Coordinator, type CheckpointCommitter, type CoordinatorOptions } from './coordinator.ts';
-import { StepPlan } from './step-samples.ts';
-import { EpochPlan } from '../data/epoch-plan.ts';
+import { Coordinator, type CheckpointCommitter } from './coordinator.ts';
 import { PartiError } from '../errors.ts';
-import type { Command, StepReport } from './protocol.ts';
 import { objectKey } from '../storage/checkpoint-manifest.ts';
-
-/** A scripted worker: records the commands it gets; the test answers for it. */
-class FakeWorker {
-  readonly commands: Command[] = [];
-  id = '';
-  ended = false;
-  constructor(
-    readonly c: Coordinator,
-    readonly name: string,
-  ) {
-    this.id = c.join({ jobId: 'job', configHash: 'h', workerName: name, collectiveAddress: `${name}:1`, paramCount: 10 }).workerId;
-    c.attach(this.id, (cmd) => this.commands.push(cmd), () => (this.ended = true));
-  }
-  last(): Command {
-    return this.commands.at(-1)!;
-  }
-  report(kind: StepReport['kind'], epoch: number, step: number, extra: Partial<StepReport> = {}): boolean {
-    return this.c.report({
-      jobId: 'job', workerId: this.id, kind, epoch, step, loss: 1, nonFinite: false, computeMs: 1, allReduceMs: 1, optimizerMs: 0,
-      samples: 1, optimizerStateBytes: 80, gradNorm: 0, error: '', checkpointObjectsJson: '', learningRate: 0.1, tokens: 0,
-      allReduceBytes: 0, skippedSamples: {}, snapshotMs: 0, ...extra,
-    });
-  }
-  /** Answers a reconfigure with READY. */
-  ready(): void {
-    const r = this.last().reconfigure!;
-    this.report('READY', r.epoch, r.step);
-  }
-  /** Answers a step with REDUCED. */
-  reduced(extra: Partial<StepReport> = {}): void {
-    const s = this.last().step!;
-    this.report('REDUCED', s.epoch, s.step, extra);
-  }
-}
-
-/** A rank's object list as a worker reports it. */
-function objectsJson(step: number, ...names: string[]): string {
-  return JSON.stringify(names.map((name) => ({ name, key: objectKey(step, name), size: 8, sha256: 'a'.repeat(64) })));
-}
-
-function options(o: Partial<CoordinatorOptions> = {}): CoordinatorOptions {
-  return {
-    jobId: 'job', configHash: 'h', totalSteps: 5, microBatch: 2,
-    plan: new StepPlan(new EpochPlan([{ samples: 20 }], { seed: 0, globalBatch: 4 })),
-    targetWorkers: 2, minWorkers: 2, heartbeatMs: 50, failureTimeoutMs: 60_000, stepDeadlineMs: 60_000,
-    zeroStage: 0, checkpointEvery: 0, checkpointAtEnd: false, checkpoints: null, ledgerFile: null, ...o,
-  };
-}
+import { FakeWorker, readyPair, objectsJson, options } from './coordinator-fixtures.ts';
 
 test('the job waits for its workers, forms a ring, and commits a step only when every rank reduced it', () => {
   const c = new Coordinator(options());
@@ -87,10 +37,7 @@ test('the job waits for its workers, forms a ring, and commits a step only when 
 test('a dead member aborts the step on the survivors, who re-form and redo it; a joiner gets the state from a peer', () => {
   const c = new Coordinator(options({ minWorkers: 1 }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     a.reduced();
     b.reduced();
     const step1 = a.last().step!;
@@ -121,10 +68,7 @@ test('a dead member aborts the step on the survivors, who re-form and redo it; a
 test('with a minimum of N the job waits for a replacement; stale reports are ignored', () => {
   const c = new Coordinator(options());
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     const s = a.last().step!;
     c.detach(b.id, 'killed');
     assert.equal(c.phase.kind, 'waiting-for-workers');
@@ -157,10 +101,7 @@ test('a leaving worker finishes the step, then is stopped at the boundary withou
 test('a non-finite step is committed as skipped and counted', () => {
   const c = new Coordinator(options());
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     a.reduced({ nonFinite: true });
     b.reduced({ nonFinite: true });
     assert.equal(c.skippedSteps, 1);
@@ -179,10 +120,7 @@ test('when no member holds the state, the job goes back to the latest checkpoint
   };
   const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, zeroStage: 1, targetWorkers: 2, minWorkers: 1 }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     for (let i = 0; i < 2; i++) {
       a.reduced();
       b.reduced();
@@ -257,10 +195,7 @@ test('a leaver that takes the job below its minimum gets a checkpoint of the cur
   const store: CheckpointCommitter = { latestStep: async () => committed.at(-1) ?? null, commit: async (step) => void committed.push(step) };
   const c = new Coordinator(options({ checkpoints: store }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     c.leave(b.id, 'SIGTERM');
     a.reduced();
     b.reduced();
@@ -294,10 +229,7 @@ test('asynchronous checkpoints: steps go on while ranks upload; the manifest is 
   const store = recordingStore();
   const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 1, totalSteps: 10, zeroStage: 1 }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     step(a, b); // step 0 committed: checkpoint 1 due
     assert.ok(a.commands.at(-2)!.checkpoint, 'checkpoint command first');
     assert.equal(a.last().step!.step, 1, 'then step 1 at once');
@@ -322,10 +254,7 @@ test('a failed save commits nothing and training goes on; the next checkpoint st
   const store = recordingStore();
   const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, totalSteps: 10 }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     step(a, b);
     step(a, b);
     const ck = a.commands.at(-2)!.checkpoint!;
@@ -353,10 +282,7 @@ test('a member lost while its ring saves: that save is never committed, not even
   const store = recordingStore();
   const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, totalSteps: 10, minWorkers: 1, zeroStage: 1 }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     step(a, b);
     step(a, b);
     const ck = a.commands.at(-2)!.checkpoint!;
@@ -377,10 +303,7 @@ test('a stop while a save uploads: that save commits, then the final one, then t
   const store = recordingStore();
   const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, checkpointAtEnd: true, totalSteps: 10 }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     step(a, b);
     step(a, b);
     const ck = a.commands.at(-2)!.checkpoint!;
@@ -416,10 +339,7 @@ test('refused: a checkpoint report whose objects fail their schema (the save is 
       );
     for (const good of ['10.0.0.7:7000', '[::1]:5', 'parti-worker-0.parti-workers.default.svc:7000']) c.join({ jobId: 'job', configHash: 'h', workerName: 'x', collectiveAddress: good, paramCount: 10 });
     for (const m of [...c.members.keys()]) c.detach(m, 'test');
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     step(a, b);
     const ck = a.commands.at(-2)!.checkpoint!;
     const badLists = ['{not json', JSON.stringify([{ name: 'params.bin', key: objectKey(1, 'params.bin'), size: -1, sha256: 'a'.repeat(64) }])];
@@ -444,10 +364,7 @@ test('refused: a checkpoint report whose objects fail their schema (the save is 
 test('step summaries carry the skipped samples by reason (summed over ranks) and the all-reduce size', () => {
   const c = new Coordinator(options());
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     a.reduced({ skippedSamples: { 'bad-image': 1 }, allReduceBytes: 64 });
     b.reduced({ skippedSamples: { 'bad-image': 2, 'not-a-tar': 1 }, allReduceBytes: 64 });
     const s = c.history[0]!;
@@ -463,10 +380,7 @@ test('an aborted epoch while a save uploads (every rank alive): the re-form wait
   const store = recordingStore();
   const c = new Coordinator(options({ checkpoints: store, checkpointEvery: 2, totalSteps: 10 }));
   try {
-    const a = new FakeWorker(c, 'a');
-    const b = new FakeWorker(c, 'b');
-    a.ready();
-    b.ready();
+    const [a, b] = readyPair(c);
     step(a, b);
     step(a, b);
     const ck = a.commands.at(-2)!.checkpoint!;
