@@ -49,6 +49,16 @@ export const imageTokenizerSchema = z
      * left out of the parsed config when absent so existing configs keep their hash.
      */
     quantizeFromStep: z.number().int().min(0).optional(),
+    /**
+     * What a patch's code may depend on. `image` (ViT-VQGAN; the default): the encoder adds learned
+     * positions and attends across the whole image, so one patch's code depends on where it is and
+     * on the rest of the image (an all-black image is a different code at every position). `patch`:
+     * each patch is encoded alone (no positions, attention only to itself), so equal patches get
+     * equal codes anywhere in any image and the decoder (still global) learns one code per visual
+     * piece instead of one per piece and place. Absent = `image`; left out of the parsed config when
+     * absent so existing configs keep their hash.
+     */
+    encoderScope: z.enum(['image', 'patch']).optional(),
     /** Re-seed codes unused for this many steps from recent encoder outputs; 0 turns it off. */
     deadCodeSteps: z.number().int().min(0).default(100),
   })

@@ -6,6 +6,7 @@ import { loadConfig } from '../config/load.ts';
 import { codebookStats, DeadCodeReseeder, l2Normalize, VitVqgan } from './vit-vqgan.ts';
 import { SequentialRandom } from './rng.ts';
 import { stopGradient } from './ops.ts';
+import { EVAL_CONTEXT } from './transformer.ts';
 
 before(async () => {
   await initBackend('wasm');
@@ -75,6 +76,34 @@ test('straight-through: the decoder input gradient reaches the encoder output un
     assert.deepEqual(g.arraySync(), weights.arraySync());
   });
   for (const t of p.values()) t.dispose();
+});
+
+test("encoderScope 'patch': a patch's lookup vector depends on its own pixels only; 'image' mixes in place and context", () => {
+  // One 8x8 image of 4 patches: patch 1 (top right) is a copy of patch 0 (top left); a second
+  // image differs from the first only in patch 3.
+  const img = images(2, 7);
+  const px = (b: number, y: number, x: number) => (b * 64 + y * 8 + x) * 3;
+  for (let y = 0; y < 4; y++) img.copyWithin(px(0, y, 4), px(0, y, 0), px(0, y, 4));
+  img.copyWithin(px(1, 0, 0), px(0, 0, 0), px(1, 0, 0));
+  for (let y = 4; y < 8; y++) for (let x = 4; x < 8; x++) img[px(1, y, x)] = 255 - img[px(1, y, x)]!;
+  const latents = (scope: 'image' | 'patch') => {
+    const vq = smallTokenizer({ encoderScope: scope });
+    assert.equal(vq.layout.entries.some((e) => e.name === 'vq.encoder.pos'), scope === 'image');
+    const p = vq.layout.toTensors(vq.layout.initialize(3));
+    try {
+      return tf.tidy(() => vq.encodeLatents(p, tf.tensor2d(vq.patchify(img, 2), [8, vq.patchDim]), 2, EVAL_CONTEXT).arraySync());
+    } finally {
+      for (const t of p.values()) t.dispose();
+    }
+  };
+  const maxDiff = (a: number[], b: number[]) => Math.max(...a.map((v, i) => Math.abs(v - b[i]!)));
+  const patch = latents('patch');
+  assert.ok(maxDiff(patch[0]!, patch[1]!) < 1e-6, 'equal patches at two places: equal vectors');
+  for (const i of [0, 1, 2]) assert.ok(maxDiff(patch[i]!, patch[4 + i]!) < 1e-6, `patch ${i} unchanged by patch 3`);
+  assert.ok(maxDiff(patch[3]!, patch[7]!) > 1e-3, 'the changed patch itself moves');
+  const image = latents('image');
+  assert.ok(maxDiff(image[0]!, image[1]!) > 1e-3, "'image': the same patch at another place gets another vector");
+  assert.ok(maxDiff(image[0]!, image[4]!) > 1e-3, "'image': another patch of the image moves this one");
 });
 
 test('codebook usage and perplexity', () => {

@@ -30,7 +30,7 @@ const LAPLACE_EPS = 0.1;
  * [+ adversarial * generator loss of a small patch discriminator, after startStep]
  * [+ perceptual * feature distance in a user-named tfjs network].
  *
- * Parameter names: `vq.encoder.patch.{w,b}`, `vq.encoder.pos`, `vq.encoder.{i}.*`,
+ * Parameter names: `vq.encoder.patch.{w,b}`, `vq.encoder.pos` (not with encoderScope 'patch'), `vq.encoder.{i}.*`,
  * `vq.encoder.ln.*`, `vq.encoder.proj.{w,b}`, `vq.codebook`, `vq.decoder.proj.{w,b}`,
  * `vq.decoder.pos`, `vq.decoder.{i}.*`, `vq.decoder.ln.*`, `vq.decoder.out.{w,b}`, and
  * `vq.disc.*` when the adversarial loss is on.
@@ -100,7 +100,12 @@ export class VitVqgan implements Trainable<ImageBatch> {
   encodeLatents(p: ParamTensors, patches: tf.Tensor, B: number, ctx: ForwardContext): tf.Tensor2D {
     const c = this.config;
     const x = linear(tf.sub(tf.mul(patches, 2), 1), param(p, 'vq.encoder.patch.w'), param(p, 'vq.encoder.patch.b'));
-    const h = encoderStack(p, 'vq.encoder', { ...c.encoder }, addPositions(x, param(p, 'vq.encoder.pos'), B, this.tokens), B, this.tokens, ctx);
+    // encoderScope 'patch': every patch is a sequence of its own (B*N sequences of length 1), so
+    // attention sees only the patch itself and no position is added.
+    const h =
+      c.encoderScope === 'patch'
+        ? encoderStack(p, 'vq.encoder', { ...c.encoder }, x, B * this.tokens, 1, ctx)
+        : encoderStack(p, 'vq.encoder', { ...c.encoder }, addPositions(x, param(p, 'vq.encoder.pos'), B, this.tokens), B, this.tokens, ctx);
     const z = linear(h, param(p, 'vq.encoder.proj.w'), param(p, 'vq.encoder.proj.b'));
     return l2Normalize(z);
   }
@@ -329,7 +334,7 @@ export function vqganLayout(c: ImageTokenizerConfig): ParamLayout {
   const dd = c.decoder.dModel;
   b.add('vq.encoder.patch.w', [patchDim, de], w);
   b.add('vq.encoder.patch.b', [de], z);
-  b.add('vq.encoder.pos', [tokens, de], w, { decay: false, embedding: true });
+  if (c.encoderScope !== 'patch') b.add('vq.encoder.pos', [tokens, de], w, { decay: false, embedding: true });
   addStackParams(b, 'vq.encoder', c.encoder);
   b.add('vq.encoder.proj.w', [de, c.codeDim], w);
   b.add('vq.encoder.proj.b', [c.codeDim], z);
