@@ -4,8 +4,9 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
  * The Prometheus metrics of a training job, defined once here so the coordinator and the workers
  * name them the same way. The coordinator's dashboard server exposes its registry at /metrics; its
  * RunStateStore (src/dashboard/run-state.ts) updates them from step reports, so a coordinator that
- * pushes into the store needs to touch no metric itself. A worker that serves its own /metrics
- * creates its own set with `createTrainingMetrics()`.
+ * pushes into the store needs to touch no metric itself. A worker's own /metrics (per rank,
+ * `parti worker --metrics-port`) has a set of its own, `parti_worker_*`, in
+ * src/worker/worker-metrics.ts; it shares the histogram buckets below.
  *
  * Label sets are small and closed on purpose (only `reason` on skipped samples): the job and pod
  * come from Prometheus' own target labels.
@@ -65,8 +66,10 @@ export interface TrainingMetricsOptions {
   processMetrics?: boolean;
 }
 
-const secondsBuckets = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128];
-const checkpointBuckets = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
+/** Histogram buckets of per-step times (seconds). */
+export const secondsBuckets = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128];
+/** Histogram buckets of checkpoint times (seconds). */
+export const checkpointBuckets = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
 
 /** Creates the training metrics in a registry of their own (or the one given). */
 export function createTrainingMetrics(options: TrainingMetricsOptions = {}): TrainingMetrics {

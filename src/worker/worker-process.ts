@@ -20,6 +20,7 @@ import { LinearModel } from './linear-model.ts';
 import type { Trainable } from './trainable.ts';
 import { WorkerRuntime, type WorkerExit } from './worker-runtime.ts';
 import { coordinatorLost, jobFinished, workerExitCode } from './worker-exit-code.ts';
+import { createWorkerMetrics, startWorkerMetricsServer } from './worker-metrics.ts';
 
 /** Options of runWorker (from the command line). */
 export interface WorkerProcessOptions {
@@ -35,6 +36,12 @@ export interface WorkerProcessOptions {
   paramsOut?: string;
   /** Leave when the parent process goes away (a local launcher that was killed). */
   stopWithParent?: boolean;
+  /** Serve this worker's Prometheus /metrics and /healthz on this port (0 = any free); absent: no server. */
+  metricsPort?: number;
+  /** Bind address of the metrics server; default 127.0.0.1 (a pod that Prometheus scrapes: 0.0.0.0). */
+  metricsHost?: string;
+  /** Called with the metrics URL once the server listens (the CLI prints it). */
+  onMetricsListening?: (url: string) => void;
 }
 
 /** The model a config trains on a worker. */
@@ -71,6 +78,18 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
     advertise: o.advertise,
     deadlineMs: rt.stepDeadlineMs,
   });
+  const metrics = o.metricsPort === undefined ? null : createWorkerMetrics({ collectiveStats: () => collective.stats() });
+  // (a metrics port that cannot be bound stops the worker before it joins, its endpoint closed)
+  const metricsServer = metrics
+    ? await startWorkerMetricsServer(metrics.registry, { host: o.metricsHost, port: o.metricsPort! }).catch(async (err: unknown) => {
+        await collective.close();
+        throw err;
+      })
+    : null;
+  if (metricsServer) {
+    log.child({ role: 'worker' }).info({ url: metricsServer.url }, 'serving /metrics');
+    o.onMetricsListening?.(metricsServer.url);
+  }
   const runtime = new WorkerRuntime({
     coordinator: o.coordinator,
     jobId,
@@ -87,6 +106,7 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
     reconnectMs: rt.reconnectMs,
     store: new CheckpointShards(openStore(checkpointUrl(config, o.runDir)), hash),
     security: { resolved: security, config: config.security },
+    observer: metrics?.observer,
   });
   let signalled = false;
   // A worker asked to leave while it has no coordinator (joining: no membership, no step in flight)
@@ -149,5 +169,6 @@ export async function runWorker(config: Config, o: WorkerProcessOptions): Promis
     process.off('SIGINT', onSignal);
     if (parentWatch) clearInterval(parentWatch);
     if (joiningWatch) clearInterval(joiningWatch);
+    await metricsServer?.close();
   }
 }

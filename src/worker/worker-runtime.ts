@@ -108,6 +108,21 @@ export interface WorkerOptions {
    * came from (the heartbeat thread resolves its own). Absent: plaintext without a token (tests).
    */
   security?: { resolved: JobSecurity; config: SecurityConfig };
+  /** Told what this worker measured anyway (its /metrics, worker-metrics.ts); absent: no one. */
+  observer?: WorkerObserver;
+}
+
+/**
+ * What the runtime tells an observer: the reports it sends (their timings are measured once, for
+ * the coordinator), the end of each checkpoint upload and each rejoin. Called synchronously.
+ */
+export interface WorkerObserver {
+  /** A report on its way to the coordinator, with this worker's rank and ring size at that time. */
+  reported(r: Readonly<Partial<StepReport> & Pick<StepReport, 'kind' | 'epoch' | 'step'>>, at: { rank: number; worldSize: number }): void;
+  /** A checkpoint upload of this rank ended (saved or failed), `ms` after its snapshot began. */
+  checkpointEnded(ms: number): void;
+  /** The coordinator was lost; this worker joins it again. */
+  rejoining(): void;
 }
 
 /** Lifecycle of a worker; a wrong transition is PartiError('illegal-state'). */
@@ -209,6 +224,7 @@ export class WorkerRuntime {
         const why = await this.serve();
         if (this.stopReason !== null) break;
         this.log.warn({ why }, 'lost the coordinator; joining again');
+        this.opts.observer?.rejoining();
         this.resetMembership();
       }
     } finally {
@@ -432,6 +448,7 @@ export class WorkerRuntime {
   }
 
   private async report(r: Partial<StepReport> & Pick<StepReport, 'kind' | 'epoch' | 'step'>): Promise<void> {
+    this.opts.observer?.reported(r, { rank: this.rank, worldSize: this.worldSize });
     await this.unary('report', {
       jobId: this.opts.jobId,
       workerId: this.workerId,
@@ -707,6 +724,7 @@ export class WorkerRuntime {
     }
     const handOffMs = performance.now() - t0;
     const saving: Promise<void> = done
+      .finally(() => this.opts.observer?.checkpointEnded(performance.now() - t0))
       .then((objects) => {
         if (live?.torn) throw new PartiError('checkpoint', `the state changed before the upload thread had copied it (not within ${this.opts.stepDeadlineMs} ms)`);
         return objects;
