@@ -192,7 +192,7 @@ test("the pods' command lines parse with the real `parti coordinator` and `parti
     if (container.name === 'coordinator') {
       assert.deepEqual(parsed, { config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', workers: 2, host: '0.0.0.0', port: 7070, whenFinished: 'serve' });
     } else {
-      assert.deepEqual(parsed, { coordinator: 'parti-coordinator:7070', config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', listen: '0.0.0.0:7071', advertise: '10.1.2.3:7071' });
+      assert.deepEqual(parsed, { coordinator: 'parti-coordinator:7070', config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', listen: '0.0.0.0:7071', advertise: '10.1.2.3:7071', metricsHost: '0.0.0.0', metricsPort: 8471 });
     }
   }
 });

@@ -28,6 +28,8 @@ import { RETRY_EXIT_CODES } from '../worker/worker-exit-code.ts';
 export const COORDINATOR_GRPC_PORT = 7070;
 export const COORDINATOR_HTTP_PORT = 8470;
 export const WORKER_COLLECTIVE_PORT = 7071;
+/** A worker's own Prometheus /metrics (`parti worker --metrics-port`). */
+export const WORKER_METRICS_PORT = 8471;
 
 /** Where the job config is mounted in every pod. */
 export const CONFIG_MOUNT_DIR = '/etc/parti';
@@ -295,10 +297,17 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
       `0.0.0.0:${WORKER_COLLECTIVE_PORT}`,
       '--advertise',
       `$(POD_IP):${WORKER_COLLECTIVE_PORT}`,
+      '--metrics-host',
+      '0.0.0.0',
+      '--metrics-port',
+      String(WORKER_METRICS_PORT),
     ],
     env: workerEnv,
     envFrom: s3Env,
-    ports: [{ name: 'collective', containerPort: WORKER_COLLECTIVE_PORT }],
+    ports: [
+      { name: 'collective', containerPort: WORKER_COLLECTIVE_PORT },
+      { name: 'metrics', containerPort: WORKER_METRICS_PORT },
+    ],
     resources: gpusPerWorker > 0 ? gpuResources : cpuResources,
     securityContext: containerSecurityContext,
     volumeMounts,
