@@ -1,8 +1,8 @@
 // Every worker serves its own /metrics (`parti worker --metrics-port`): a real coordinator and two
 // real workers (the linear test model, ZeRO-1, checkpoints every 4 steps) are scraped while they
-// train, as an operator's Prometheus would; the servers close when the workers exit. A metrics
-// port in use stops the worker with one line and exit code 2. Every wait has a deadline; children
-// are killed in `finally`.
+// train, as an operator's Prometheus would; the servers close when the workers exit (at the job's
+// end, after SIGTERM). A metrics port in use stops the worker with one line and exit code 2. Every
+// wait has a deadline; children are killed in `finally`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -101,6 +101,22 @@ test('each worker serves its rank\'s /metrics while it trains; /healthz 200, oth
     // the open keep-alive connections of the scrapes above do not hold the workers' exit
     for (const w of workers) assert.equal(await within(w.exited, 30_000, `${w.name} to exit`), 0);
     for (const url of urls) await assert.rejects(get(url), Error, `${url} still answers after its worker exited`);
+  } finally {
+    await cluster.killAll();
+  }
+});
+
+test('SIGTERM with a scraper connected: the worker leaves at a step boundary and exits 143, its /metrics closed', { timeout: 60_000 }, async () => {
+  const cluster = new Cluster('worker-metrics-term');
+  try {
+    const cfg = cluster.config('job', linearConfig({ workers: 1 }, { steps: 200, stepDelayMs: 30 }));
+    const c = await cluster.coordinator(cfg);
+    const w = cluster.worker(cfg, c.address, 'w', ['--metrics-port', '0']);
+    const url = (await w.waitFor(/^worker metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)$/, 30_000))[1]!;
+    await scrapeUntil(url, (s) => (s.get('parti_worker_step') ?? 0) >= 2, 30_000, 'step 2');
+    w.proc.kill('SIGTERM');
+    assert.equal(await within(w.exited, 30_000, 'the worker to exit after SIGTERM'), 143);
+    await assert.rejects(get(url), Error, `${url} still answers after its worker exited`);
   } finally {
     await cluster.killAll();
   }
