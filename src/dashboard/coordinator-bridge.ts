@@ -10,6 +10,7 @@ import { openStore } from '../storage/open-store.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import type { Config } from '../config/schema.ts';
 import { GalleryGenerator } from './gallery-generator.ts';
+import { GalleryArchive } from './gallery-archive.ts';
 import { galleryTokenizerAvailable, galleryTokenizerDir } from './gallery-source.ts';
 import { PartiError } from '../errors.ts';
 import { log } from '../observability/log.ts';
@@ -293,18 +294,27 @@ export async function startCoordinatorDashboard(
     ...(info.stage ? { stage: info.stage } : {}),
     ...(info.batchSize !== undefined ? { batchSize: info.batchSize } : {}),
   });
+  const base = info.checkpointStore?.replace(/\/+$/, '');
+  // The gallery of earlier steps, kept in the job's store: loaded before the dashboard serves, so
+  // a restarted coordinator (or one serving a finished job) shows it at once.
+  const archive = galleryArchiveFor(config, info, o.configHash, metrics);
+  await archive?.loadInto(store, { keep: config.gallery.keep, maxStep: coordinator.step, timeoutMs: GALLERY_LOAD_MS });
   const serverOptions = dashboardServerOptions(config, { view: store, metrics });
   let server: DashboardServer;
   try {
-    server = await createDashboardServer(serverOptions);
+    try {
+      server = await createDashboardServer(serverOptions);
+    } catch (err) {
+      const inUse = err instanceof PartiError && /\(EADDRINUSE\)/.test(err.message);
+      if (!inUse || info.onPortInUse !== 'any-free-port') throw err;
+      server = await createDashboardServer({ ...serverOptions, port: 0 });
+      log.warn({ port: config.port, url: server.url }, 'dashboard port in use; serving on a free port instead');
+    }
   } catch (err) {
-    const inUse = err instanceof PartiError && /\(EADDRINUSE\)/.test(err.message);
-    if (!inUse || info.onPortInUse !== 'any-free-port') throw err;
-    server = await createDashboardServer({ ...serverOptions, port: 0 });
-    log.warn({ port: config.port, url: server.url }, 'dashboard port in use; serving on a free port instead');
+    await archive?.close(0);
+    throw err;
   }
-  const base = info.checkpointStore?.replace(/\/+$/, '');
-  const gallery = galleryFor(store, config, info, metrics);
+  const gallery = galleryFor(store, config, info, metrics, archive);
   const retention = base ? retentionWatch(store, base) : null;
   // A restarted coordinator (or one serving a finished job) lists what its store already holds.
   retention?.listCommitted((step) => `${base}/${manifestKey(step)}`);
@@ -325,6 +335,7 @@ export async function startCoordinatorDashboard(
     async close() {
       stop();
       await gallery?.close();
+      await archive?.close();
       await retention?.close();
       await server.close();
     },
@@ -336,7 +347,13 @@ export async function startCoordinatorDashboard(
  * a period, a checkpoint store and a trained tokenizer. A Parti stage configured for a gallery
  * without a tokenizer gets one warning event saying why there is none.
  */
-function galleryFor(store: RunStateStore, config: DashboardConfig, info: CoordinatorDashboardInfo, metrics: TrainingMetrics): GalleryGenerator | null {
+function galleryFor(
+  store: RunStateStore,
+  config: DashboardConfig,
+  info: CoordinatorDashboardInfo,
+  metrics: TrainingMetrics,
+  archive: GalleryArchive | null,
+): GalleryGenerator | null {
   const g = config.gallery;
   if (g.prompts.length === 0 || g.everySteps === 0) return null;
   if ((info.stage ?? 'parti') !== 'parti' || !info.generation) return null;
@@ -354,6 +371,7 @@ function galleryFor(store: RunStateStore, config: DashboardConfig, info: Coordin
     store,
     gallery: g,
     metrics,
+    ...(archive ? { archive } : {}),
     source: {
       config: jobConfig,
       configHash: store.job().configHash,
@@ -363,6 +381,25 @@ function galleryFor(store: RunStateStore, config: DashboardConfig, info: Coordin
   });
   generator.warm();
   return generator;
+}
+
+/** How long a starting dashboard waits for the gallery already in the job's store (ms). */
+const GALLERY_LOAD_MS = 15_000;
+
+/**
+ * The gallery's copy in the job's checkpoint store (gallery-archive.ts), or null: only a Parti
+ * stage with a gallery configured and a checkpoint store has one. (Whether samples can be made
+ * now, a tokenizer, does not matter: those of earlier steps are shown anyway.)
+ */
+function galleryArchiveFor(config: DashboardConfig, info: CoordinatorDashboardInfo, configHash: string, metrics: TrainingMetrics): GalleryArchive | null {
+  const g = config.gallery;
+  if (g.prompts.length === 0 || g.everySteps === 0 || (info.stage ?? 'parti') !== 'parti' || !info.checkpointStore) return null;
+  try {
+    return new GalleryArchive({ store: openStore(info.checkpointStore), configHash, metrics });
+  } catch (err) {
+    log.warn({ store: info.checkpointStore, err: (err as Error).message }, 'gallery: cannot open the job store; samples are kept in memory only');
+    return null;
+  }
 }
 
 /** How long closing the dashboard waits for a checkpoint-store listing still running (ms). */

@@ -13,6 +13,7 @@ import type { TrainingMetrics } from '../observability/metrics.ts';
 import type { GallerySource } from './gallery-source.ts';
 import type { GalleryReply, GalleryRequest, GalleryThreadData } from './gallery-thread.ts';
 import type { RunStateStore } from './run-state.ts';
+import type { GalleryArchive } from './gallery-archive.ts';
 import { listCheckpointSteps } from '../storage/checkpoint-load.ts';
 import type { ObjectStore } from '../storage/object-store.ts';
 import { openStore } from '../storage/open-store.ts';
@@ -29,6 +30,8 @@ export interface GalleryGeneratorOptions {
   source: GallerySource;
   /** Counts generations by result and their durations (`parti_gallery_*`). */
   metrics?: TrainingMetrics;
+  /** Also keeps each generation's samples in the job's store (best effort), for a restarted coordinator. */
+  archive?: Pick<GalleryArchive, 'save'>;
   /** Nice value of the sampling thread (default 10): workers on the same machine keep the CPU. */
   niceness?: number;
   /** A generation that takes longer is abandoned (its thread stopped) and reported (default 10 min). */
@@ -198,6 +201,7 @@ export class GalleryGenerator {
     clearTimeout(f.timer);
     this.#inFlight = null;
     for (const item of reply.items) this.#o.store.addGalleryItem({ step: reply.step, ...item });
+    this.#o.archive?.save(reply.step, reply.items, this.#o.store.gallery().at(-1)?.time);
     this.counts.done++;
     this.#o.metrics?.galleryGenerationsTotal.inc({ result: 'done' });
     this.#o.metrics?.galleryGenerationSeconds.observe(reply.ms / 1000);

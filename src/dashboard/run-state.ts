@@ -103,6 +103,8 @@ export interface GallerySample {
   height?: number;
   /** Cross-attention maps (PNG), one per text token, when the model offers them. */
   attention?: { token: string; png: Uint8Array }[];
+  /** When it was generated, Unix ms (default now; a sample read back from the job's store keeps its own). */
+  time?: number;
 }
 
 const liveStates = new Set<WorkerInfo['state']>(['joining', 'syncing', 'training', 'idle', 'leaving']);
@@ -447,7 +449,7 @@ export class RunStateStore implements RunStateView {
     const item: GalleryItem = {
       id,
       step: sample.step,
-      time: this.#now(),
+      time: sample.time ?? this.#now(),
       prompt: sample.prompt,
       image: `api/gallery/${id}/image.png`,
       attention: attention.map((a, i) => ({ token: a.token, image: `api/gallery/${id}/attention/${i}.png` })),

@@ -52,6 +52,8 @@ export interface TrainingMetrics {
   readonly galleryGenerationsTotal: Counter<'result'>;
   /** Time to generate the gallery samples of one checkpoint (load, sample, render), seconds. */
   readonly galleryGenerationSeconds: Histogram;
+  /** Gallery samples the job's store could not take (`write`) or gave back corrupt or incomplete (`read`, per item skipped at start-up). */
+  readonly galleryStoreErrorsTotal: Counter<'op'>;
   /** Dashboard live-update streams (Server-Sent Events, one per open page) open now. */
   readonly dashboardStreams: Gauge;
   /** Live-update streams refused because `dashboard.maxStreams` were open. */
@@ -154,6 +156,12 @@ export function createTrainingMetrics(options: TrainingMetricsOptions = {}): Tra
       name: 'parti_gallery_generation_seconds',
       help: 'Time to generate the gallery samples of one checkpoint, seconds.',
       buckets: checkpointBuckets,
+      registers,
+    }),
+    galleryStoreErrorsTotal: new Counter({
+      name: 'parti_gallery_store_errors_total',
+      help: 'Gallery samples not written to the job store (op=write) or skipped as corrupt or incomplete when read back (op=read).',
+      labelNames: ['op'] as const,
       registers,
     }),
     dashboardStreams: new Gauge({ name: 'parti_dashboard_streams', help: 'Dashboard live-update streams (SSE clients) open now.', registers }),

@@ -1,0 +1,204 @@
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PNG } from 'pngjs';
+import { createTrainingMetrics } from '../observability/metrics.ts';
+import { commitManifest, writeCheckpointObject } from '../storage/checkpoint-commit.ts';
+import { listCheckpointSteps } from '../storage/checkpoint-load.ts';
+import { isCheckpointObjectKey, stepOfObjectKey } from '../storage/checkpoint-manifest.ts';
+import type { ObjectStore } from '../storage/object-store.ts';
+import { openStore } from '../storage/open-store.ts';
+import { GalleryArchive, galleryIndexKey, loadGallery, saveGalleryStep, type GallerySampleData } from './gallery-archive.ts';
+import { RunStateStore } from './run-state.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'parti-gallery-archive-'));
+after(() => rmSync(root, { recursive: true, force: true }));
+let dirs = 0;
+function newStore(): { store: ObjectStore; dir: string } {
+  const dir = join(root, `s${++dirs}`);
+  return { store: openStore(dir), dir };
+}
+
+/** A real PNG, w x w of one grey level, so that samples differ byte for byte. */
+function png(level: number, w = 4): Uint8Array {
+  const p = new PNG({ width: w, height: w });
+  for (let i = 0; i < w * w; i++) p.data.set([level, level, level, 255], i * 4);
+  return new Uint8Array(PNG.sync.write(p));
+}
+
+/** The samples of one step: one per prompt, each with an attention map per character. */
+function samples(step: number, prompts = ['ab', 'cd']): GallerySampleData[] {
+  return prompts.map((prompt, i) => ({
+    prompt,
+    png: png((step * 10 + i) % 250, 8),
+    width: 8,
+    height: 8,
+    attention: [...prompt].map((token, j) => ({ token, png: png((step + i + j) % 250) })),
+  }));
+}
+
+const HASH = 'cafe';
+
+test('round trip: what is saved loads back, oldest first, with its time, PNGs and attention maps', async () => {
+  const { store } = newStore();
+  try {
+    await saveGalleryStep(store, 200, samples(200), { configHash: HASH, time: 1000 });
+    await saveGalleryStep(store, 100, samples(100), { configHash: HASH, time: 500 });
+    const r = await loadGallery(store, { keep: 48, configHash: HASH });
+    assert.deepEqual(r.skipped, []);
+    assert.equal(r.late, false);
+    const expected = [...samples(100).map((s) => ({ ...s, step: 100, time: 500 })), ...samples(200).map((s) => ({ ...s, step: 200, time: 1000 }))];
+    assert.deepEqual(
+      r.samples.map((s) => ({ ...s, png: Buffer.from(s.png), attention: s.attention!.map((a) => ({ token: a.token, png: Buffer.from(a.png) })) })),
+      expected.map((s) => ({ ...s, png: Buffer.from(s.png), attention: s.attention!.map((a) => ({ token: a.token, png: Buffer.from(a.png) })) })),
+    );
+    // Into the dashboard's state: the API's items and PNGs, the sample's own time.
+    const state = new RunStateStore({ jobId: 'j', name: 'j', galleryKeep: 48, now: () => 99_999 });
+    const archive = new GalleryArchive({ store: openStore(store.url), configHash: HASH });
+    await archive.loadInto(state, { keep: state.galleryKeep() });
+    await archive.close();
+    const items = state.gallery();
+    assert.deepEqual(items.map((i) => [i.step, i.prompt, i.time, i.width, i.attention.map((a) => a.token).join('')]), [
+      [100, 'ab', 500, 8, 'ab'],
+      [100, 'cd', 500, 8, 'cd'],
+      [200, 'ab', 1000, 8, 'ab'],
+      [200, 'cd', 1000, 8, 'cd'],
+    ]);
+    assert.deepEqual(Buffer.from(state.galleryPng(items[3]!.id)!), Buffer.from(samples(200)[1]!.png));
+    assert.deepEqual(Buffer.from(state.galleryPng(items[3]!.id, 1)!), Buffer.from(samples(200)[1]!.attention![1]!.png));
+  } finally {
+    await store.close();
+  }
+});
+
+test('the limit: only the newest `keep` items are read; later steps than maxStep and other configs are ignored', async () => {
+  const { store } = newStore();
+  try {
+    for (const step of [10, 20, 30]) await saveGalleryStep(store, step, samples(step), { configHash: HASH, time: step });
+    await saveGalleryStep(store, 25, samples(25), { configHash: 'another-config', time: 25 });
+    const r = await loadGallery(store, { keep: 3, configHash: HASH });
+    assert.deepEqual(r.samples.map((s) => [s.step, s.prompt]), [[20, 'cd'], [30, 'ab'], [30, 'cd']]);
+    assert.deepEqual(r.ignoredSteps, [25]);
+    // Resumed from step 20: step 30's samples belong to a history that no longer counts.
+    const resumed = await loadGallery(store, { keep: 3, configHash: HASH, maxStep: 20 });
+    assert.deepEqual(resumed.samples.map((s) => [s.step, s.prompt]), [[10, 'cd'], [20, 'ab'], [20, 'cd']]);
+    assert.deepEqual(resumed.ignoredSteps, [30, 25]);
+    assert.deepEqual((await loadGallery(store, { keep: 0, configHash: HASH })).samples, []);
+  } finally {
+    await store.close();
+  }
+});
+
+test('a corrupt index is skipped and counted, naming its key; a step with PNGs but no index does not exist', async () => {
+  const { store, dir } = newStore();
+  try {
+    for (const step of [10, 20, 30]) await saveGalleryStep(store, step, samples(step), { configHash: HASH, time: step });
+    writeFileSync(join(dir, galleryIndexKey(20)), '{"format": "parti-gallery", "ver');
+    writeFileSync(join(dir, galleryIndexKey(30)), JSON.stringify({ format: 'parti-gallery', version: 1, step: 30, configHash: HASH, time: 1, items: [{ prompt: 'x', image: { name: '../../manifests/x.png', size: 3 }, attention: [] }] }));
+    // A save cut short before its index: PNGs only.
+    await store.put('gallery/000000000040/abc/0.png', png(1));
+    const metrics = createTrainingMetrics();
+    const state = new RunStateStore({ jobId: 'j', name: 'j', galleryKeep: 48 });
+    const archive = new GalleryArchive({ store: openStore(dir), configHash: HASH, metrics });
+    const r = await archive.loadInto(state, { keep: 48 });
+    await archive.close();
+    assert.deepEqual(r.skipped.map((s) => s.key), [galleryIndexKey(30), galleryIndexKey(20)]);
+    assert.match(r.skipped[1]!.reason, /JSON/);
+    assert.match(r.skipped[0]!.reason, /not a gallery index \(items\.0\.image\.name/);
+    assert.deepEqual(state.gallery().map((i) => [i.step, i.prompt]), [[10, 'ab'], [10, 'cd']]);
+    assert.match(await metrics.registry.metrics(), /^parti_gallery_store_errors_total\{op="read"\} 2$/m);
+  } finally {
+    await store.close();
+  }
+});
+
+test('an item whose PNG is missing or cut short is skipped (the key named); the rest of its step loads', async () => {
+  const { store, dir } = newStore();
+  try {
+    await saveGalleryStep(store, 10, samples(10, ['ab', 'cd', 'ef']), { configHash: HASH, time: 10 });
+    const keys = (await store.list('gallery/')).map((o) => o.key);
+    const attention = keys.find((k) => k.endsWith('/0-a1.png'))!;
+    const image = keys.find((k) => k.endsWith('/2.png'))!;
+    unlinkSync(join(dir, attention));
+    writeFileSync(join(dir, image), Buffer.from(samples(10, ['ab', 'cd', 'ef'])[2]!.png).subarray(0, 20));
+    const r = await loadGallery(store, { keep: 48, configHash: HASH });
+    assert.deepEqual(r.samples.map((s) => s.prompt), ['cd']);
+    assert.deepEqual(r.skipped.map((s) => s.key), [attention, image]);
+    assert.equal(r.skipped[0]!.reason, 'missing');
+    assert.match(r.skipped[1]!.reason, /^20 bytes, the index says \d+$/);
+  } finally {
+    await store.close();
+  }
+});
+
+test('a step saved again replaces its samples and removes the PNGs of the older save', async () => {
+  const { store } = newStore();
+  try {
+    await saveGalleryStep(store, 10, samples(10), { configHash: HASH, time: 1 });
+    const before = (await store.list('gallery/')).map((o) => o.key);
+    await saveGalleryStep(store, 10, samples(11, ['xy']), { configHash: HASH, time: 2 });
+    const after = (await store.list('gallery/')).map((o) => o.key);
+    assert.deepEqual(after.filter((k) => before.includes(k)), [galleryIndexKey(10)], 'only the index key is shared');
+    assert.equal(after.length, 1 + 1 + 2, 'the index, one sample, its two maps');
+    const r = await loadGallery(store, { keep: 48, configHash: HASH });
+    assert.deepEqual(r.samples.map((s) => [s.step, s.prompt, s.time]), [[10, 'xy', 2]]);
+  } finally {
+    await store.close();
+  }
+});
+
+test('a failed write is logged and counted, never thrown; close waits for queued saves', async () => {
+  const { store, dir } = newStore();
+  const metrics = createTrainingMetrics();
+  let puts = 0;
+  // A store that takes the first PNG, then fails (a full disk, a denied bucket).
+  const failing: ObjectStore = Object.assign(Object.create(store) as ObjectStore, {
+    put: async (key: string, body: Uint8Array) => {
+      if (++puts > 1) throw new Error(`storage: ${key}: no space left`);
+      return store.put(key, body);
+    },
+    close: () => store.close(),
+  });
+  const archive = new GalleryArchive({ store: failing, configHash: HASH, metrics });
+  archive.save(10, samples(10));
+  await archive.close();
+  assert.deepEqual(archive.counts, { saved: 0, failed: 1 });
+  assert.match(await metrics.registry.metrics(), /^parti_gallery_store_errors_total\{op="write"\} 1$/m);
+  const reopened = openStore(dir);
+  try {
+    assert.deepEqual((await loadGallery(reopened, { keep: 48, configHash: HASH })).samples, [], 'no index: nothing half loaded');
+    // The good path through the queue: two saves in order, both there after close.
+    const ok = new GalleryArchive({ store: openStore(dir), configHash: HASH, metrics });
+    ok.save(20, samples(20));
+    ok.save(30, samples(30));
+    await ok.close();
+    assert.deepEqual(ok.counts, { saved: 2, failed: 0 });
+    assert.deepEqual((await loadGallery(reopened, { keep: 48, configHash: HASH })).samples.map((s) => s.step), [20, 20, 30, 30]);
+  } finally {
+    await reopened.close();
+  }
+});
+
+test('checkpoint retention, listing and key checks leave the gallery alone', async () => {
+  const { store } = newStore();
+  try {
+    await saveGalleryStep(store, 10, samples(10), { configHash: HASH, time: 1 });
+    await saveGalleryStep(store, 20, samples(20), { configHash: HASH, time: 2 });
+    const gallery = (await store.list('gallery/')).map((o) => o.key).sort();
+    for (const step of [10, 20, 30]) {
+      const ref = await writeCheckpointObject(store, step, 'params.bin', new Float32Array(4));
+      await commitManifest(store, { step, worldSize: 1, configHash: HASH, config: {}, cursor: null, rng: null, objects: [ref] }, { keep: 2 });
+    }
+    assert.deepEqual(await listCheckpointSteps(store), [20, 30]);
+    assert.deepEqual((await store.list('gallery/')).map((o) => o.key).sort(), gallery, 'pruning step 10 kept its gallery');
+    for (const k of gallery) {
+      assert.equal(stepOfObjectKey(k), null, k);
+      assert.equal(isCheckpointObjectKey(10, 'index.json', k), false, k);
+    }
+    assert.equal((await loadGallery(store, { keep: 48, configHash: HASH })).samples.length, 4);
+  } finally {
+    await store.close();
+  }
+});
