@@ -6,7 +6,10 @@
 // counts them, retention shows as deleted checkpoints, and headless Chromium shows the samples.
 // The data are a shard set with two bad samples (an undecodable image, a caption too long): the
 // workers' step reports count them by reason and the dashboard shows them (API, /metrics, page).
-// SIGTERM then checkpoints and stops the job cleanly.
+// SIGTERM then checkpoints and stops the job cleanly. A new coordinator on the same run directory
+// (a restart: it recovers from the latest checkpoint) serves the earlier gallery at once, from
+// the job's store (gallery/<step>/), before any worker joins: the same items, times and PNGs, in
+// the API and on the page.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync } from 'node:fs';
@@ -169,10 +172,59 @@ test('a real Parti run fills the gallery from its checkpoints and counts its bad
   assert.deepEqual(errors, []);
 
   mark('page checked');
+  // What the first coordinator serves (a generation may still land before it stops: see below).
+  const before = galleryResponseSchema.parse(await (await fetch(`${url}api/gallery`)).json()).items;
+  const pngOf = async (base: string, path: string) => Buffer.from(await (await fetch(new URL(path, base))).arrayBuffer());
+  const beforePngs = new Map<string, Buffer[]>();
+  for (const i of before) beforePngs.set(`${i.step}/${i.prompt}`, [await pngOf(url, i.image), await pngOf(url, i.attention.at(-1)!.image)]);
   // SIGTERM: a checkpoint, then a clean stop of both processes (the gallery thread holds nothing
   // open); the worker's 75 says the coordinator stopped the job before its end.
   coordinator.proc.kill('SIGTERM');
   assert.equal(await coordinator.exited, 0);
   assert.equal(await worker.exited, 75);
+  mark('stopped');
+
+  // The restart: no worker yet, so nothing new is sampled; the gallery comes from the store.
+  const again = await cluster.coordinator(cfg, [], 'coordinator-restarted');
+  const url2 = (await again.waitFor(/^dashboard: (http:\S+)$/, 10_000))[1]!;
+  const restored = galleryResponseSchema.parse(await (await fetch(`${url2}api/gallery`)).json()).items;
+  mark(`restarted: ${restored.length} gallery items`);
+  assert.ok(restored.length >= PROMPTS.length && restored.length <= 8, `restored ${restored.length} items (keep 8)`);
+  const newestBefore = Math.max(...before.map((i) => i.step));
+  for (const i of before.filter((x) => x.step === newestBefore)) {
+    assert.ok(restored.some((r) => r.step === i.step && r.prompt === i.prompt), `step ${i.step} "${i.prompt}" is back`);
+  }
+  let compared = 0;
+  for (const r of restored) {
+    const old = before.find((i) => i.step === r.step && i.prompt === r.prompt);
+    // (only one that landed after the list above was read is new here)
+    if (!old) {
+      assert.ok(r.step > newestBefore, `item of step ${r.step} not served before the restart`);
+      continue;
+    }
+    assert.deepEqual([r.time, r.width, r.height, r.attention.map((a) => a.token)], [old.time, old.width, old.height, old.attention.map((a) => a.token)]);
+    assert.deepEqual([await pngOf(url2, r.image), await pngOf(url2, r.attention.at(-1)!.image)], beforePngs.get(`${r.step}/${r.prompt}`), `the PNGs of step ${r.step} "${r.prompt}"`);
+    compared++;
+  }
+  assert.ok(compared >= PROMPTS.length, `${compared} items compared byte for byte`);
+  const overview2 = overviewResponseSchema.parse(await (await fetch(`${url2}api/overview`)).json());
+  assert.deepEqual(overview2.gallery, restored);
+  assert.doesNotMatch(await (await fetch(`${url2}metrics`)).text(), /^parti_gallery_store_errors_total\{op="(read|write)"\} [1-9]/m, 'nothing skipped or lost');
+  // The page shows them as soon as it loads.
+  await page.goto(url2, { timeout: 20_000 });
+  await page.locator('#gallery figure.sample').first().waitFor({ timeout: 20_000 });
+  await page.locator('#gallery').scrollIntoViewIfNeeded({ timeout: 20_000 });
+  await page.waitForFunction(
+    (n) => {
+      const imgs = Array.from(document.querySelectorAll<HTMLImageElement>('#gallery figure.sample > img'));
+      return imgs.length === n && imgs.slice(0, 2).every((i) => i.complete && i.naturalWidth === 128);
+    },
+    restored.length,
+    { timeout: 20_000 },
+  );
+  assert.deepEqual(errors, []);
+  again.proc.kill('SIGTERM');
+  assert.equal(await again.exited, 0);
+  mark('restart checked');
   rmSync(cluster.dir, { recursive: true, force: true });
 });
