@@ -12,6 +12,9 @@ import type { ObjectStore } from '../storage/object-store.ts';
 import { openStore } from '../storage/open-store.ts';
 import { GalleryArchive, galleryIndexKey, loadGallery, saveGalleryStep, type GallerySampleData } from './gallery-archive.ts';
 import { RunStateStore } from './run-state.ts';
+import { galleryResponseSchema } from './api-schema.ts';
+import { startCoordinatorDashboard, type CoordinatorSource } from './coordinator-bridge.ts';
+import { dashboardSchema } from '../config/dashboard-schema.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'parti-gallery-archive-'));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -200,5 +203,36 @@ test('checkpoint retention, listing and key checks leave the gallery alone', asy
     assert.equal((await loadGallery(store, { keep: 48, configHash: HASH })).samples.length, 4);
   } finally {
     await store.close();
+  }
+});
+
+test('a starting coordinator dashboard serves the stored gallery at once: resumed step respected, a corrupt item skipped', async () => {
+  const { store, dir } = newStore();
+  for (const step of [10, 20, 30]) await saveGalleryStep(store, step, samples(step), { configHash: HASH, time: step });
+  writeFileSync(join(dir, galleryIndexKey(20)), 'not json');
+  await store.close();
+  const source = {
+    // Recovered at step 25: step 30's samples came after it, in a history that no longer counts.
+    opts: { jobId: 'j', configHash: HASH, totalSteps: 100, targetWorkers: 1, minWorkers: 1 },
+    phase: { kind: 'waiting-for-workers' },
+    step: 25,
+    epoch: 0,
+    ring: [],
+    members: new Map(),
+    subscribe: () => () => {},
+  } as unknown as CoordinatorSource;
+  const config = dashboardSchema.parse({ port: 0, host: '127.0.0.1', gallery: { prompts: ['ab', 'cd'], everySteps: 10, keep: 8 } });
+  // No generation info (no model, no tokenizer here): earlier samples are shown all the same.
+  const dash = await startCoordinatorDashboard(source, config, { name: 'j', stage: 'parti', checkpointStore: dir });
+  try {
+    const res = await fetch(`${dash.url}api/gallery`, { signal: AbortSignal.timeout(10_000) });
+    const items = galleryResponseSchema.parse(await res.json()).items;
+    assert.deepEqual(items.map((i) => [i.step, i.prompt, i.time]), [[10, 'ab', 10], [10, 'cd', 10]]);
+    const image = await fetch(new URL(items[1]!.attention[1]!.image, dash.url), { signal: AbortSignal.timeout(10_000) });
+    assert.deepEqual(Buffer.from(await image.arrayBuffer()), Buffer.from(samples(10)[1]!.attention![1]!.png));
+    assert.match(await dash.metrics.registry.metrics(), /^parti_gallery_store_errors_total\{op="read"\} 1$/m);
+    assert.equal(dash.gallery, null);
+  } finally {
+    await dash.close();
   }
 });
