@@ -236,3 +236,30 @@ test('a starting coordinator dashboard serves the stored gallery at once: resume
     await dash.close();
   }
 });
+
+test('saves waiting for a slow store stay bounded: past four, a save is dropped and counted', async () => {
+  const { store } = newStore();
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const slow: ObjectStore = Object.assign(Object.create(store) as ObjectStore, {
+    put: async (key: string, body: Uint8Array) => {
+      await gate;
+      return store.put(key, body);
+    },
+    close: () => store.close(),
+  });
+  const metrics = createTrainingMetrics();
+  const archive = new GalleryArchive({ store: slow, configHash: HASH, metrics });
+  for (const step of [10, 20, 30, 40, 50, 60]) archive.save(step, samples(step));
+  assert.deepEqual(archive.counts, { saved: 0, failed: 2 }, 'steps 50 and 60 dropped at once');
+  open();
+  const reader = openStore(store.url);
+  await archive.close();
+  try {
+    assert.deepEqual(archive.counts, { saved: 4, failed: 2 });
+    assert.match(await metrics.registry.metrics(), /^parti_gallery_store_errors_total\{op="write"\} 2$/m);
+    assert.deepEqual([...new Set((await loadGallery(reader, { keep: 48, configHash: HASH })).samples.map((s) => s.step))], [10, 20, 30, 40]);
+  } finally {
+    await reader.close();
+  }
+});

@@ -98,6 +98,8 @@ export interface GalleryLoadOptions {
 }
 
 const PNG_MAGIC = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+/** Saves waiting for the store at most; later ones are dropped (and counted) until it catches up. */
+const MAX_QUEUED_SAVES = 4;
 /** PNG puts of one save that run at once (a step with 4 prompts and their attention maps is ~80). */
 const PUT_CONCURRENCY = 8;
 
@@ -270,6 +272,7 @@ export class GalleryArchive {
   readonly #o: GalleryArchiveOptions;
   readonly #log = log.child({ role: 'coordinator', part: 'gallery-store' });
   #chain: Promise<void> = Promise.resolve();
+  #queued = 0;
   #closed = false;
   /** Saves that landed and that failed (tests, logs). */
   readonly counts = { saved: 0, failed: 0 };
@@ -285,6 +288,12 @@ export class GalleryArchive {
   /** Queues the samples of `step` for the store. A failure is logged and counted, never thrown. */
   save(step: number, samples: readonly GallerySampleData[], time = Date.now()): void {
     if (this.#closed || samples.length === 0) return;
+    if (this.#queued >= MAX_QUEUED_SAVES) {
+      // A store slower than the gallery: the PNGs waiting in memory stay bounded.
+      this.#failed(step, `${this.#queued} saves still waiting for the store`);
+      return;
+    }
+    this.#queued++;
     this.#chain = this.#chain.then(async () => {
       const ms = this.#o.writeTimeoutMs ?? 60_000;
       const signal = AbortSignal.timeout(ms);
@@ -297,13 +306,18 @@ export class GalleryArchive {
         this.counts.saved++;
         this.#log.debug({ step, key, items: samples.length }, 'gallery samples stored');
       } catch (err) {
-        this.counts.failed++;
-        this.#o.metrics?.galleryStoreErrorsTotal.inc({ op: 'write' });
-        this.#log.warn({ step, store: this.#o.store.url, key: galleryIndexKey(step), err: (err as Error).message.split('\n')[0] }, 'gallery samples not stored; they stay in memory only');
+        this.#failed(step, (err as Error).message.split('\n')[0]!);
       } finally {
         clearTimeout(timer);
+        this.#queued--;
       }
     });
+  }
+
+  #failed(step: number, why: string): void {
+    this.counts.failed++;
+    this.#o.metrics?.galleryStoreErrorsTotal.inc({ op: 'write' });
+    this.#log.warn({ step, store: this.#o.store.url, key: galleryIndexKey(step), err: why }, 'gallery samples not stored; they stay in memory only');
   }
 
   /**
