@@ -249,7 +249,8 @@ export interface CoordinatorDashboardInfo {
   batchSize?: number;
   /**
    * URL of the checkpoint store (`s3://bucket/prefix`, `file:///dir`), so the checkpoint list
-   * shows where each manifest is; without it, the list says `step N`.
+   * shows where each manifest is; without it, the list says `step N`. A Parti stage with a gallery
+   * also keeps its samples there (`gallery/`, gallery-archive.ts) and shows those already there.
    */
   checkpointStore?: string;
   /**
