@@ -16,6 +16,12 @@
  * size the index says; anything else is skipped with a warning naming the key. Saving is best
  * effort: a failure is logged and counted (`parti_gallery_store_errors_total{op="write"}`), never
  * thrown into the coordinator.
+ *
+ * After each save the archive prunes (`pruneGallery`, in the same queue as the saves): the steps
+ * whose items all fall outside the newest `keep` ones, counted as the loader counts, are deleted,
+ * and so are the objects of older or failed writes that no index names. What stays is what a
+ * coordinator restarted at the step just written would load, so the store stays bounded while the
+ * dashboard still shows the same items.
  */
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
@@ -104,9 +110,9 @@ const MAX_QUEUED_SAVES = 4;
 const PUT_CONCURRENCY = 8;
 
 /**
- * Writes the samples of `step`: the PNGs in a write folder of their own, then the index, then
- * (best effort) the PNGs of older writes of the same step. Throws on a failed put (the caller
- * counts it); `signal` aborts the puts. Returns the index key.
+ * Writes the samples of `step`: the PNGs in a write folder of their own, then the index. Throws on
+ * a failed put (the caller counts it); `signal` aborts the puts. Returns the index key. The PNGs
+ * of an older write of the step stay until {@link pruneGallery} removes them.
  */
 export async function saveGalleryStep(
   store: ObjectStore,
@@ -139,14 +145,6 @@ export async function saveGalleryStep(
   const index: GalleryIndex = { format: GALLERY_FORMAT, version: GALLERY_VERSION, step, configHash: meta.configHash, time: meta.time, items };
   const key = galleryIndexKey(step);
   await store.put(key, Buffer.from(JSON.stringify(index)), { contentType: 'application/json', ...(signal ? { signal } : {}) });
-  // The step sampled before (a job resumed from an earlier checkpoint): the old write's PNGs are
-  // no longer named by any index. A failure here leaves them until the step is saved again.
-  try {
-    const keep = new Set([key, ...puts.map((p) => folder + p.name)]);
-    for (const o of await store.list(folder)) if (!keep.has(o.key)) await store.delete(o.key);
-  } catch (err) {
-    log.debug({ step, err: (err as Error).message }, 'gallery: older PNGs of the step not removed');
-  }
   return key;
 }
 
@@ -159,46 +157,71 @@ export async function loadGallery(store: ObjectStore, options: GalleryLoadOption
   if (options.keep <= 0) return result;
   const timeoutMs = options.timeoutMs ?? 15_000;
   const signal = AbortSignal.timeout(timeoutMs);
-  const deadline = new Promise<'late'>((resolve) => signal.addEventListener('abort', () => resolve('late'), { once: true }));
+  const deadline = abortedAt(signal);
   // (listing takes no signal: the race bounds it)
   const listed = await Promise.race([store.list(GALLERY_PREFIX), deadline]);
   if (listed === 'late') return { ...result, late: true };
   const sizes = new Map<string, number>(listed.map((o: ObjectInfo) => [o.key, o.size]));
-  const steps = listed
-    .map((o) => stepOfGalleryIndexKey(o.key))
-    .filter((s): s is number => s !== null)
-    .sort((a, b) => b - a);
   // Newest first: steps descending, and within a step its last prompt first.
   const picked: LoadedGallerySample[] = [];
-  for (const step of steps) {
-    if (picked.length >= options.keep) break;
-    if (options.maxStep !== undefined && step > options.maxStep) {
-      result.ignoredSteps.push(step);
-      continue;
-    }
-    const key = galleryIndexKey(step);
-    const outcome = await Promise.race([readStep(store, key, step, sizes, options, signal, result), deadline]);
-    if (outcome === 'late') {
-      result.late = true;
-      break;
-    }
-    for (let i = outcome.length - 1; i >= 0 && picked.length < options.keep; i--) picked.push(outcome[i]!);
-  }
-  result.samples = picked.reverse();
+  const walk = await walkNewest(indexedSteps(listed), options, deadline, (step) => result.ignoredSteps.push(step), async (step) => {
+    const items = await readStep(store, step, sizes, options, signal, result);
+    const before = picked.length;
+    for (let i = items.length - 1; i >= 0 && picked.length < options.keep; i--) picked.push(items[i]!);
+    return picked.length - before;
+  });
+  result.late = walk.late;
+  // A copy: a step still being read when the deadline passed may add to `picked` later.
+  result.samples = [...picked].reverse();
   return result;
 }
 
-/** The step's items in prompt order; problems go to `result` (skipped, or the step ignored). */
-async function readStep(
-  store: ObjectStore,
-  key: string,
-  step: number,
-  sizes: Map<string, number>,
-  options: GalleryLoadOptions,
-  signal: AbortSignal,
-  result: GalleryLoadResult,
-): Promise<LoadedGallerySample[]> {
-  let index: GalleryIndex;
+/** Resolves 'late' when `signal` aborts. */
+function abortedAt(signal: AbortSignal): Promise<'late'> {
+  return new Promise<'late'>((resolve) => {
+    if (signal.aborted) resolve('late');
+    else signal.addEventListener('abort', () => resolve('late'), { once: true });
+  });
+}
+
+/** The steps that have an index in a listing of `gallery/`, newest first. */
+function indexedSteps(listed: readonly ObjectInfo[]): number[] {
+  return listed
+    .map((o) => stepOfGalleryIndexKey(o.key))
+    .filter((s): s is number => s !== null)
+    .sort((a, b) => b - a);
+}
+
+/**
+ * The loader's walk, which pruning shares so that both count alike: steps newest first (those
+ * after `maxStep` ignored), each read by `take` (which returns how many of its items count),
+ * until `keep` items are counted. `cutoff` is the step at which the count reached `keep` (no
+ * older step is read, none shown), null when the steps read hold fewer.
+ */
+async function walkNewest(
+  steps: readonly number[],
+  options: { keep: number; maxStep?: number },
+  deadline: Promise<'late'>,
+  ignore: (step: number) => void,
+  take: (step: number) => Promise<number>,
+): Promise<{ cutoff: number | null; late: boolean }> {
+  let counted = 0;
+  for (const step of steps) {
+    if (options.maxStep !== undefined && step > options.maxStep) {
+      ignore(step);
+      continue;
+    }
+    const n = await Promise.race([take(step), deadline]);
+    if (n === 'late') return { cutoff: null, late: true };
+    counted += n;
+    if (counted >= options.keep) return { cutoff: step, late: false };
+  }
+  return { cutoff: null, late: false };
+}
+
+/** The index of `step`, checked; null (the key and why added to `skipped`) when it is unusable. */
+async function readIndex(store: ObjectStore, step: number, signal: AbortSignal, skipped: GalleryLoadResult['skipped']): Promise<GalleryIndex | null> {
+  const key = galleryIndexKey(step);
   try {
     const raw: unknown = JSON.parse((await store.get(key, { signal })).toString('utf8'));
     const parsed = galleryIndexSchema.safeParse(raw);
@@ -206,13 +229,38 @@ async function readStep(
       const issue = parsed.error.issues[0];
       throw new Error(`not a gallery index (${issue ? `${issue.path.join('.') || 'top level'}: ${issue.message}` : 'schema'})`);
     }
-    index = parsed.data;
-    if (index.step !== step) throw new Error(`it says step ${index.step}`);
+    if (parsed.data.step !== step) throw new Error(`it says step ${parsed.data.step}`);
+    return parsed.data;
   } catch (err) {
-    if (signal.aborted) return [];
-    result.skipped.push({ key, reason: (err as Error).message.split('\n')[0]! });
-    return [];
+    if (!signal.aborted) skipped.push({ key, reason: (err as Error).message.split('\n')[0]! });
+    return null;
   }
+}
+
+/** Every PNG an index item names, the image first. */
+function itemRefs(item: GalleryIndex['items'][number]): { name: string; size: number }[] {
+  return [item.image, ...item.attention.map((a) => a.image)];
+}
+
+/** An item's first PNG that the listing lacks or holds at another size than the index says. */
+function listingProblem(folder: string, item: GalleryIndex['items'][number], sizes: ReadonlyMap<string, number>): { key: string; reason: string } | null {
+  const bad = itemRefs(item).find((r) => sizes.get(folder + r.name) !== r.size);
+  if (!bad) return null;
+  const size = sizes.get(folder + bad.name);
+  return { key: folder + bad.name, reason: size === undefined ? 'missing' : `${size} bytes, the index says ${bad.size}` };
+}
+
+/** The step's items in prompt order; problems go to `result` (skipped, or the step ignored). */
+async function readStep(
+  store: ObjectStore,
+  step: number,
+  sizes: Map<string, number>,
+  options: GalleryLoadOptions,
+  signal: AbortSignal,
+  result: GalleryLoadResult,
+): Promise<LoadedGallerySample[]> {
+  const index = await readIndex(store, step, signal, result.skipped);
+  if (!index) return [];
   if (index.configHash !== options.configHash) {
     result.ignoredSteps.push(step);
     return [];
@@ -220,15 +268,13 @@ async function readStep(
   const folder = `${GALLERY_PREFIX}${padStep(step)}/`;
   const items: LoadedGallerySample[] = [];
   for (const item of index.items) {
-    const refs = [item.image, ...item.attention.map((a) => a.image)];
-    const bad = refs.find((r) => sizes.get(folder + r.name) !== r.size);
-    if (bad) {
-      const size = sizes.get(folder + bad.name);
-      result.skipped.push({ key: folder + bad.name, reason: size === undefined ? 'missing' : `${size} bytes, the index says ${bad.size}` });
+    const problem = listingProblem(folder, item, sizes);
+    if (problem) {
+      result.skipped.push(problem);
       continue;
     }
     try {
-      const pngs = await Promise.all(refs.map(async (r) => {
+      const pngs = await Promise.all(itemRefs(item).map(async (r) => {
         const bytes = await store.get(folder + r.name, { signal });
         if (bytes.length !== r.size || !bytes.subarray(0, 8).equals(PNG_MAGIC)) throw Object.assign(new Error('not a PNG of the size the index says'), { key: folder + r.name });
         return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -251,6 +297,160 @@ async function readStep(
   return items;
 }
 
+/** Options of {@link pruneGallery}. */
+export interface GalleryPruneOptions {
+  /**
+   * The step just written: it is never deleted, its index is the one that counts for its folder,
+   * and it is the loader's `maxStep` (steps after it belong to a history the job went back from;
+   * the loader ignores them and so does pruning, which leaves them alone).
+   */
+  step: number;
+  /**
+   * Items kept (config `dashboard.gallery.keep`). Without it no step is deleted: only the step
+   * just written loses the objects its index does not name.
+   */
+  keep?: number;
+  /** The job's config hash: other configs' items do not count (as in the loader). */
+  configHash: string;
+  /**
+   * In steps other than the one just written, a write folder no index names is deleted only when
+   * the time in its name is at least this old (default 10 min): a save abandoned at its deadline
+   * may still be putting it.
+   */
+  spareWritesYoungerThanMs?: number;
+  /** Stops the work: no read or delete is started once it aborts. */
+  signal?: AbortSignal;
+}
+
+/** What {@link pruneGallery} did. */
+export interface GalleryPruneResult {
+  /** Keys deleted. */
+  deleted: string[];
+  /** Deletes (or the listing, key `gallery/`) that failed: the key and why, one line. */
+  failed: { key: string; reason: string }[];
+  /** The oldest step a loader at `step` reads (older ones were deleted); null: fewer than `keep` items. */
+  cutoff: number | null;
+  /** The signal aborted before the work was done. */
+  late: boolean;
+}
+
+/** Deletes that run at once while pruning. */
+const DELETE_CONCURRENCY = 8;
+
+/** The step of any key of the gallery's layout (`gallery/<12 digits>/...`), or null. */
+function stepOfGalleryKey(key: string): number | null {
+  const m = /^gallery\/(\d{12})\/./.exec(key);
+  return m ? Number(m[1]) : null;
+}
+
+/** When a write folder was made, from its name (`saveGalleryStep`'s `<base36 ms>-<hex>`); 0 for a name of another form. */
+function writeTime(keyInStep: string): number {
+  const m = /^([0-9a-z]{1,11})-[0-9a-f]{8}\//.exec(keyInStep);
+  return m ? parseInt(m[1]!, 36) : 0;
+}
+
+/**
+ * Deletes what a coordinator restarted at `step` could no longer show (see
+ * {@link GalleryPruneOptions}): every step folder older than the one at which the newest `keep`
+ * items are counted (counted as {@link loadGallery} counts: other configs' items, unreadable
+ * indexes and items whose PNGs are missing or of the wrong size do not count; PNG bytes are not
+ * read), and, in the steps kept, the objects no index names (older or failed writes). A step's
+ * index goes before its PNGs, so a reader never finds an index whose PNGs are gone. Only keys
+ * `gallery/<step>/...` are touched. Never throws: failures are returned.
+ */
+export async function pruneGallery(store: ObjectStore, options: GalleryPruneOptions): Promise<GalleryPruneResult> {
+  const result: GalleryPruneResult = { deleted: [], failed: [], cutoff: null, late: false };
+  const signal = options.signal ?? new AbortController().signal;
+  const deadline = abortedAt(signal);
+  let listed: ObjectInfo[] | 'late';
+  try {
+    listed = await Promise.race([store.list(GALLERY_PREFIX), deadline]);
+  } catch (err) {
+    result.failed.push({ key: GALLERY_PREFIX, reason: (err as Error).message.split('\n')[0]! });
+    return result;
+  }
+  if (listed === 'late') return { ...result, late: true };
+  const sizes = new Map<string, number>(listed.map((o) => [o.key, o.size]));
+  const byStep = new Map<number, string[]>();
+  for (const o of listed) {
+    const s = stepOfGalleryKey(o.key);
+    if (s === null) continue;
+    const keys = byStep.get(s);
+    if (keys) keys.push(o.key);
+    else byStep.set(s, [o.key]);
+  }
+  // The indexes read, by step (null: unreadable); the walk is the loader's.
+  const indexes = new Map<number, GalleryIndex | null>();
+  const unreadable: GalleryLoadResult['skipped'] = []; // the loader at start-up reports these
+  const count = async (step: number): Promise<number> => {
+    const index = await readIndex(store, step, signal, unreadable);
+    indexes.set(step, index);
+    if (!index || index.configHash !== options.configHash) return 0;
+    const folder = `${GALLERY_PREFIX}${padStep(step)}/`;
+    return index.items.filter((item) => !listingProblem(folder, item, sizes)).length;
+  };
+  if (options.keep === undefined) {
+    if (sizes.has(galleryIndexKey(options.step))) await Promise.race([count(options.step), deadline]);
+  } else {
+    const walk = await walkNewest(indexedSteps(listed), { keep: options.keep, maxStep: options.step }, deadline, () => {}, count);
+    if (walk.late) return { ...result, late: true };
+    result.cutoff = walk.cutoff;
+  }
+  if (signal.aborted) return { ...result, late: true };
+
+  const spareMs = options.spareWritesYoungerThanMs ?? 10 * 60_000;
+  const now = Date.now();
+  const first: string[] = []; // indexes of whole steps deleted: they go before anything else
+  const rest: string[] = [];
+  for (const [step, keys] of byStep) {
+    if (step === options.step) {
+      // Just written, in this queue: whatever its index does not name is an older or failed write.
+      const index = indexes.get(step);
+      if (index) rest.push(...unnamed(step, index, keys));
+    } else if (result.cutoff !== null && step < result.cutoff) {
+      for (const key of keys) (key === galleryIndexKey(step) ? first : rest).push(key);
+    } else if (step < options.step && options.keep !== undefined) {
+      // Kept: only write folders no index names and old enough that no save is still putting them.
+      // An index that could not be read names nothing we know: its step is left alone.
+      const hasIndex = sizes.has(galleryIndexKey(step));
+      const index = indexes.get(step);
+      if (hasIndex && !index) continue;
+      const folder = `${GALLERY_PREFIX}${padStep(step)}/`;
+      const candidates = index ? unnamed(step, index, keys) : keys;
+      rest.push(...candidates.filter((k) => now - writeTime(k.slice(folder.length)) >= spareMs));
+    }
+  }
+  let planned = 0;
+  for (const [phase, all] of [first, rest].entries()) {
+    // A step whose index could not be deleted keeps its PNGs: the index would name missing ones.
+    const kept = new Set(phase === 0 ? [] : result.failed.map((f) => stepOfGalleryKey(f.key)));
+    const batch = all.filter((k) => !kept.has(stepOfGalleryKey(k)));
+    planned += batch.length;
+    let next = 0;
+    const deleteOne = async (): Promise<void> => {
+      while (next < batch.length && !signal.aborted) {
+        const key = batch[next++]!;
+        try {
+          await store.delete(key);
+          result.deleted.push(key);
+        } catch (err) {
+          result.failed.push({ key, reason: (err as Error).message.split('\n')[0]! });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(DELETE_CONCURRENCY, batch.length) }, deleteOne));
+  }
+  if (signal.aborted && result.deleted.length + result.failed.length < planned) result.late = true;
+  return result;
+}
+
+/** The keys of a step folder that its index does not name (the index itself is named). */
+function unnamed(step: number, index: GalleryIndex, keys: readonly string[]): string[] {
+  const folder = `${GALLERY_PREFIX}${padStep(step)}/`;
+  const named = new Set([galleryIndexKey(step), ...index.items.flatMap((item) => itemRefs(item).map((r) => folder + r.name))]);
+  return keys.filter((k) => !named.has(k));
+}
+
 /** Options of {@link GalleryArchive}. */
 export interface GalleryArchiveOptions {
   /** The job's checkpoint store (opened by the caller; closed by {@link GalleryArchive.close}). */
@@ -261,12 +461,21 @@ export interface GalleryArchiveOptions {
   metrics?: TrainingMetrics;
   /** A save that has not landed after this long is abandoned and counted as failed (default 60 s). */
   writeTimeoutMs?: number;
+  /**
+   * Items the dashboard keeps (config `dashboard.gallery.keep`): after each save the store is
+   * pruned to what a loader with this `keep` reads. Absent: the `keep` of the last
+   * {@link GalleryArchive.loadInto} (what a starting coordinator does), and without that no step
+   * is pruned (only older writes of the step just saved are removed).
+   */
+  keep?: number;
+  /** Pruning after a save stops starting deletes after this long (default 30 s); what is left goes next time. */
+  pruneTimeoutMs?: number;
 }
 
 /**
  * The gallery of one job in its store, best effort: `save` queues a step's samples (one save at
- * a time) and never throws; `loadInto` fills a RunStateStore at start-up; `close` waits for
- * queued saves (with a deadline) and closes the store.
+ * a time, each followed by pruning in the same queue) and never throws; `loadInto` fills a
+ * RunStateStore at start-up; `close` waits for queued saves (with a deadline) and closes the store.
  */
 export class GalleryArchive {
   readonly #o: GalleryArchiveOptions;
@@ -276,6 +485,15 @@ export class GalleryArchive {
   #closed = false;
   /** Saves that landed and that failed (tests, logs). */
   readonly counts = { saved: 0, failed: 0 };
+  /** Pruning after saves: passes run, passes that left something (counted, op="prune"), keys deleted. */
+  readonly pruning = { passes: 0, failed: 0, deleted: 0 };
+  /** The `keep` of the last loadInto (used when the options give none). */
+  #loadedKeep: number | undefined;
+  /**
+   * A pruning pass abandoned at its deadline, until its deletes in flight settle: the next save
+   * waits for it (within its own deadline), so no delete of it lands after a put of that save.
+   */
+  #abandonedPrune: Promise<unknown> | null = null;
 
   constructor(options: GalleryArchiveOptions) {
     this.#o = options;
@@ -301,17 +519,64 @@ export class GalleryArchive {
       const late = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`not written within ${Math.round(ms / 1000)} s`)), ms + 1000);
       });
+      let saved = false;
       try {
+        if (this.#abandonedPrune) await Promise.race([this.#abandonedPrune, late]);
         const key = await Promise.race([saveGalleryStep(this.#o.store, step, samples, { configHash: this.#o.configHash, time }, signal), late]);
         this.counts.saved++;
+        saved = true;
         this.#log.debug({ step, key, items: samples.length }, 'gallery samples stored');
       } catch (err) {
         this.#failed(step, (err as Error).message.split('\n')[0]!);
       } finally {
         clearTimeout(timer);
+      }
+      try {
+        if (saved) await this.#prune(step);
+      } finally {
         this.#queued--;
       }
     });
+  }
+
+  /** Prunes the store after `step` was saved (in the save queue). Never throws; bounded by pruneTimeoutMs. */
+  async #prune(step: number): Promise<void> {
+    const keep = this.#o.keep ?? this.#loadedKeep;
+    const ms = this.#o.pruneTimeoutMs ?? 30_000;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), ms);
+    const spare = 2 * (this.#o.writeTimeoutMs ?? 60_000) + 60_000;
+    const running = pruneGallery(this.#o.store, { step, configHash: this.#o.configHash, signal: controller.signal, spareWritesYoungerThanMs: spare, ...(keep !== undefined ? { keep } : {}) })
+      .catch((err: unknown): GalleryPruneResult => ({ deleted: [], failed: [{ key: GALLERY_PREFIX, reason: String((err as Error)?.message ?? err).split('\n')[0]! }], cutoff: null, late: false }));
+    // The signal stops new reads and deletes; one that hangs in the store must not hold the queue.
+    let late: NodeJS.Timeout | undefined;
+    const abandoned = new Promise<'abandoned'>((resolve) => (late = setTimeout(() => resolve('abandoned'), ms + 1000)));
+    let r: GalleryPruneResult | 'abandoned';
+    try {
+      r = await Promise.race([running, abandoned]);
+    } finally {
+      clearTimeout(timer);
+      clearTimeout(late);
+    }
+    this.pruning.passes++;
+    if (r === 'abandoned') {
+      const settled = running.then(() => {}, () => {}).finally(() => {
+        if (this.#abandonedPrune === settled) this.#abandonedPrune = null;
+      });
+      this.#abandonedPrune = settled;
+      r = { deleted: [], failed: [], cutoff: null, late: true };
+    }
+    this.pruning.deleted += r.deleted.length;
+    if (r.deleted.length) this.#log.debug({ step, keep, cutoff: r.cutoff, deleted: r.deleted.length }, 'gallery: store pruned');
+    if (r.failed.length || r.late) {
+      this.pruning.failed++;
+      this.#o.metrics?.galleryStoreErrorsTotal.inc({ op: 'prune' });
+      const first = r.failed[0];
+      this.#log.warn(
+        { step, store: this.#o.store.url, failed: r.failed.length, deleted: r.deleted.length, ...(first ? { key: first.key, err: first.reason } : {}), late: r.late, ms },
+        'gallery: pruning the store left objects behind; the next save tries again',
+      );
+    }
   }
 
   #failed(step: number, why: string): void {
@@ -324,8 +589,10 @@ export class GalleryArchive {
    * Adds the newest `keep` items of the store to `state` (oldest first, with their own times):
    * what a coordinator does before it serves its dashboard. Skipped items are logged with their
    * key and counted (`op="read"`); a store that cannot be listed is a warning. Never throws.
+   * Its `keep` is the one pruning uses when the archive's options give none.
    */
   async loadInto(state: RunStateStore, options: Omit<GalleryLoadOptions, 'configHash'>): Promise<GalleryLoadResult> {
+    this.#loadedKeep = options.keep;
     let r: GalleryLoadResult;
     try {
       r = await loadGallery(this.#o.store, { ...options, configHash: this.#o.configHash });
