@@ -1,7 +1,8 @@
 // The gallery kept in an s3:// checkpoint store (s3rver): a coordinator's dashboard saves each
 // generation under gallery/<step>/ beside the checkpoints, checkpoint retention on the same
 // store leaves it alone, and a new coordinator dashboard on that s3:// URL (as a restart opens
-// it, credentials and endpoint from the environment) serves the earlier samples at once.
+// it, credentials and endpoint from the environment) serves the earlier samples at once. Saves
+// prune the steps that no longer fit in `keep`.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PNG } from 'pngjs';
@@ -51,13 +52,19 @@ test('s3://: the gallery survives checkpoint retention and a restarted coordinat
     await commitManifest(store, { step, worldSize: 1, configHash: 'h', config: {}, cursor: null, rng: null, objects: [ref] }, { keep: 2 });
   };
   try {
-    const archive = new GalleryArchive({ store: openStore(url), configHash: 'h' });
+    // keep 3 (two items a step): after step 20, step 5 can no longer be shown and is pruned.
+    const archive = new GalleryArchive({ store: openStore(url), configHash: 'h', keep: 3 });
+    archive.save(5, samples(5), 5000);
     for (const step of [10, 20]) {
       await commit(step);
       archive.save(step, samples(step), step * 1000);
     }
     await archive.close();
-    assert.deepEqual(archive.counts, { saved: 2, failed: 0 });
+    assert.deepEqual(archive.counts, { saved: 3, failed: 0 });
+    assert.deepEqual(archive.pruning.failed, 0);
+    const galleryKeys = (await store.list('gallery/')).map((o) => o.key);
+    assert.deepEqual([...new Set(galleryKeys.map((k) => k.split('/')[1]))], ['000000000010', '000000000020'], galleryKeys.join(' '));
+    assert.equal(galleryKeys.length, 2 * (1 + 2 * 2), 'per step: the index, two samples, a map each');
     await commit(30); // keep 2: step 10's checkpoint goes, its samples stay
     assert.deepEqual(await listCheckpointSteps(store), [20, 30]);
     // A save cut short (PNGs, no index) is not there for the reader.

@@ -160,7 +160,7 @@ export function createTrainingMetrics(options: TrainingMetricsOptions = {}): Tra
     }),
     galleryStoreErrorsTotal: new Counter({
       name: 'parti_gallery_store_errors_total',
-      help: 'Gallery samples not written to the job store (op=write) or skipped as corrupt or incomplete when read back (op=read).',
+      help: 'Gallery samples not written to the job store (op=write), skipped as corrupt or incomplete when read back (op=read), or pruning passes after a save that left objects behind (op=prune: a failed delete or listing, or the deadline).',
       labelNames: ['op'] as const,
       registers,
     }),
