@@ -200,8 +200,14 @@ export class GalleryGenerator {
     }
     clearTimeout(f.timer);
     this.#inFlight = null;
-    for (const item of reply.items) this.#o.store.addGalleryItem({ step: reply.step, ...item });
-    this.#o.archive?.save(reply.step, reply.items, this.#o.store.gallery().at(-1)?.time);
+    // One time for the whole step (the store's clock, read at its first item): the archive keeps
+    // one per step, so items restored after a restart must carry the same time they were shown with.
+    let time: number | undefined;
+    for (const item of reply.items) {
+      this.#o.store.addGalleryItem({ step: reply.step, ...item, ...(time !== undefined ? { time } : {}) });
+      time ??= this.#o.store.gallery().at(-1)?.time;
+    }
+    this.#o.archive?.save(reply.step, reply.items, time);
     this.counts.done++;
     this.#o.metrics?.galleryGenerationsTotal.inc({ result: 'done' });
     this.#o.metrics?.galleryGenerationSeconds.observe(reply.ms / 1000);
