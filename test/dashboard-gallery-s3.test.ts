@@ -9,7 +9,8 @@ import { PNG } from 'pngjs';
 import { startS3rver, type S3rverHandle } from './helpers/s3rver.ts';
 import { dashboardSchema } from '../src/config/dashboard-schema.ts';
 import { galleryResponseSchema } from '../src/dashboard/api-schema.ts';
-import { startCoordinatorDashboard, type CoordinatorSource } from '../src/dashboard/coordinator-bridge.ts';
+import { startCoordinatorDashboard } from '../src/dashboard/coordinator-bridge.ts';
+import { scriptedCoordinator } from '../src/dashboard/coordinator-source-fixture.ts';
 import { GalleryArchive, type GallerySampleData } from '../src/dashboard/gallery-archive.ts';
 import { commitManifest, writeCheckpointObject } from '../src/storage/checkpoint-commit.ts';
 import { listCheckpointSteps } from '../src/storage/checkpoint-load.ts';
@@ -70,15 +71,7 @@ test('s3://: the gallery survives checkpoint retention and a restarted coordinat
     // A save cut short (PNGs, no index) is not there for the reader.
     await store.put('gallery/000000000030/x/0.png', png(1));
 
-    const source = {
-      opts: { jobId: 'j', configHash: 'h', totalSteps: 100, targetWorkers: 1, minWorkers: 1 },
-      phase: { kind: 'waiting-for-workers' },
-      step: 30,
-      epoch: 0,
-      ring: [],
-      members: new Map(),
-      subscribe: () => () => {},
-    } as unknown as CoordinatorSource;
+    const { source } = scriptedCoordinator({ step: 30, epoch: 0, workers: 1, phase: { kind: 'waiting-for-workers' } });
     const config = dashboardSchema.parse({ port: 0, host: '127.0.0.1', gallery: { prompts: ['a red circle', 'two squares'], everySteps: 10, keep: 3 } });
     const dash = await startCoordinatorDashboard(source, config, { name: 'j', stage: 'parti', checkpointStore: url });
     try {

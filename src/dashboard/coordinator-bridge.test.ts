@@ -4,7 +4,8 @@ import type { StepSummary } from '../coordinator/coordinator.ts';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { busBandwidth, bridgeCoordinator, startCoordinatorDashboard, stepRecordOf, type CoordinatorSource } from './coordinator-bridge.ts';
+import { busBandwidth, bridgeCoordinator, startCoordinatorDashboard, stepRecordOf } from './coordinator-bridge.ts';
+import { scriptedCoordinator } from './coordinator-source-fixture.ts';
 import { commitManifest, writeCheckpointObject } from '../storage/checkpoint-commit.ts';
 import { openStore } from '../storage/open-store.ts';
 import { dashboardSchema } from '../config/dashboard-schema.ts';
@@ -60,27 +61,12 @@ test('step records carry the all-reduce bytes and busbw when the step summary ha
 });
 
 test('the bridge feeds skipped samples by reason and busbw into the store and /metrics', async () => {
-  type Listener = Parameters<CoordinatorSource['subscribe']>[0];
-  const listeners = new Set<Listener>();
-  const source = {
-    opts: { jobId: 'j', configHash: 'h', totalSteps: 100, targetWorkers: 4, minWorkers: 4 },
-    phase: { kind: 'between-steps' },
-    step: 10,
-    epoch: 1,
-    ring: [],
-    members: new Map(),
-    subscribe(fn: Listener) {
-      listeners.add(fn);
-      return () => listeners.delete(fn);
-    },
-  } as unknown as CoordinatorSource;
+  const { source, emit: send } = scriptedCoordinator({ step: 10, workers: 4 });
   const metrics = createTrainingMetrics();
   const store = new RunStateStore({ jobId: 'j', name: 'j', metrics, autoEvents: false });
   const stop = bridgeCoordinator(source, store, { pollMs: 60_000 });
   try {
-    const emit = (s: StepSummary) => {
-      for (const l of listeners) l({ type: 'step', step: s });
-    };
+    const emit = (s: StepSummary) => send({ type: 'step', step: s });
     emit(summary({ allReduceBytes: 50e6, skippedSamples: { decode: 2, truncated: 1 } }));
     emit(summary({ step: 10, allReduceBytes: 50e6, skippedSamples: {} }));
     emit(summary({ step: 11, allReduceBytes: 50e6, skippedSamples: { decode: 3, 'Bad Caption!': 1, bogus: -1 } }));
@@ -111,20 +97,7 @@ test('a coordinator dashboard lists the checkpoints already in its store, and ma
   };
   await commit(10);
   await commit(20);
-  type Listener = Parameters<CoordinatorSource['subscribe']>[0];
-  const listeners = new Set<Listener>();
-  const source = {
-    opts: { jobId: 'j', configHash: 'h', totalSteps: 100, targetWorkers: 2, minWorkers: 2 },
-    phase: { kind: 'between-steps' },
-    step: 20,
-    epoch: 1,
-    ring: ['a', 'b'],
-    members: new Map(),
-    subscribe(fn: Listener) {
-      listeners.add(fn);
-      return () => listeners.delete(fn);
-    },
-  } as unknown as CoordinatorSource;
+  const { source, emit } = scriptedCoordinator({ step: 20, ring: ['a', 'b'] });
   const dash = await startCoordinatorDashboard(source, dashboardSchema.parse({ port: 0 }), { name: 'j', stage: 'linear-test', checkpointStore: url });
   try {
     const until = async (what: string, ok: () => boolean) => {
@@ -145,7 +118,7 @@ test('a coordinator dashboard lists the checkpoints already in its store, and ma
     await commit(30);
     const at = Date.now();
     const checkpoint = { step: 30, bytes: 120, startedAt: at - 1500, snapshotMs: 12 };
-    for (const l of listeners) l({ type: 'event', event: { at, kind: 'checkpoint', message: 'checkpoint of step 30 committed (1 objects)', checkpoint } });
+    emit({ type: 'event', event: { at, kind: 'checkpoint', message: 'checkpoint of step 30 committed (1 objects)', checkpoint } });
     await until('step 10 marked deleted', () => dash.store.checkpoints().some((c) => c.deleted));
     assert.deepEqual(dash.store.checkpoints().map((c) => [c.step, c.deleted ?? false]), [[10, true], [20, false], [30, false]]);
     const c30 = dash.store.checkpoints().at(-1)!;
@@ -168,15 +141,7 @@ test('a manifest already in the store that cannot be read hides only itself from
   }
   // step 10's manifest is not one (another tool's, or cut short)
   writeFileSync(join(url, 'manifests', '000000000010.json'), '{"not": "a manifest"');
-  const source = {
-    opts: { jobId: 'j', configHash: 'h', totalSteps: 100, targetWorkers: 2, minWorkers: 2 },
-    phase: { kind: 'between-steps' },
-    step: 30,
-    epoch: 1,
-    ring: ['a', 'b'],
-    members: new Map(),
-    subscribe: () => () => {},
-  } as unknown as CoordinatorSource;
+  const { source } = scriptedCoordinator({ step: 30, ring: ['a', 'b'] });
   const dash = await startCoordinatorDashboard(source, dashboardSchema.parse({ port: 0 }), { name: 'j', stage: 'linear-test', checkpointStore: url });
   try {
     const deadline = Date.now() + 10_000;

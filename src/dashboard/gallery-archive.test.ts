@@ -13,7 +13,8 @@ import { openStore } from '../storage/open-store.ts';
 import { GalleryArchive, galleryIndexKey, loadGallery, pruneGallery, saveGalleryStep, type GallerySampleData } from './gallery-archive.ts';
 import { RunStateStore } from './run-state.ts';
 import { galleryResponseSchema } from './api-schema.ts';
-import { startCoordinatorDashboard, type CoordinatorSource } from './coordinator-bridge.ts';
+import { startCoordinatorDashboard } from './coordinator-bridge.ts';
+import { scriptedCoordinator } from './coordinator-source-fixture.ts';
 import { dashboardSchema } from '../config/dashboard-schema.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'parti-gallery-archive-'));
@@ -215,16 +216,8 @@ test('a starting coordinator dashboard serves the stored gallery at once: resume
   for (const step of [10, 20, 30]) await saveGalleryStep(store, step, samples(step), { configHash: HASH, time: step });
   writeFileSync(join(dir, galleryIndexKey(20)), 'not json');
   await store.close();
-  const source = {
-    // Recovered at step 25: step 30's samples came after it, in a history that no longer counts.
-    opts: { jobId: 'j', configHash: HASH, totalSteps: 100, targetWorkers: 1, minWorkers: 1 },
-    phase: { kind: 'waiting-for-workers' },
-    step: 25,
-    epoch: 0,
-    ring: [],
-    members: new Map(),
-    subscribe: () => () => {},
-  } as unknown as CoordinatorSource;
+  // Recovered at step 25: step 30's samples came after it, in a history that no longer counts.
+  const { source } = scriptedCoordinator({ configHash: HASH, step: 25, epoch: 0, workers: 1, phase: { kind: 'waiting-for-workers' } });
   const config = dashboardSchema.parse({ port: 0, host: '127.0.0.1', gallery: { prompts: ['ab', 'cd'], everySteps: 10, keep: 8 } });
   // No generation info (no model, no tokenizer here): earlier samples are shown all the same.
   const dash = await startCoordinatorDashboard(source, config, { name: 'j', stage: 'parti', checkpointStore: dir });
