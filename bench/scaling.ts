@@ -1,6 +1,8 @@
 // Data-parallel scaling of the tiny config on this machine, with real `parti coordinator` and
 // `parti worker` processes on 127.0.0.1 (wasm backend, one single-threaded worker per core):
-// - throughput (samples/s, image tokens/s) of 1 and of 2 workers with the same per-worker batch;
+// - throughput (samples/s, image tokens/s) of 1 and of 2 workers with the same per-worker batch,
+//   and of two independent 1-worker jobs at once: the ceiling of any 2-process data-parallel job on
+//   this machine (no all-reduce, no waiting for a peer; only the cores, caches and memory are shared);
 // - the share of a step spent in the all-reduce (the slowest rank's all-reduce call, which includes
 //   waiting for the slowest peer to finish its backward pass);
 // - the time from a worker's SIGKILL to the next committed step (2 workers, minimum 1: the
@@ -80,26 +82,43 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-async function throughput(workers: number, perWorker: number): Promise<{ samplesPerSec: number; tokensPerSec: number; allReduceShare: number; stepMs: number; computeMs: number }> {
-  const cluster = new Cluster(`scaling${workers}`);
+interface Throughput {
+  samplesPerSec: number;
+  tokensPerSec: number;
+  allReduceShare: number;
+  stepMs: number;
+  computeMs: number;
+}
+
+/** Throughput of one job of `workers` workers (the timed steps' wall time, from the coordinator's step records). */
+function jobThroughput(lines: string[], workers: number, perWorker: number): Throughput {
+  const s = steps(lines).filter((x) => x.step >= WARMUP);
+  const seconds = (s.at(-1)!.at - s[0]!.at) / 1000;
+  const samples = (s.length - 1) * perWorker * workers;
+  return {
+    samplesPerSec: samples / seconds,
+    tokensPerSec: (samples * 64) / seconds,
+    allReduceShare: median(s.map((x) => x.allReduceMs / x.stepMs)),
+    stepMs: median(s.map((x) => x.stepMs)),
+    computeMs: median(s.map((x) => x.computeMs)),
+  };
+}
+
+/** `jobs` independent jobs of `workers` workers each, started together; one Throughput per job. */
+async function throughput(workers: number, perWorker: number, jobs = 1): Promise<Throughput[]> {
+  const clusters = Array.from({ length: jobs }, (_, j) => new Cluster(`scaling${jobs}x${workers}-${j}`));
   try {
-    const cfg = await setup(cluster, workers, STEPS, workers, 0, perWorker);
-    const c = await cluster.coordinator(cfg);
-    for (let i = 0; i < workers; i++) cluster.worker(cfg, c.address, `w${i}`);
-    await c.waitFor(/"done":true/, 900_000);
-    const s = steps(c.lines).filter((x) => x.step >= WARMUP);
-    const seconds = (s.at(-1)!.at - s[0]!.at) / 1000;
-    const samples = (s.length - 1) * perWorker * workers;
-    const tokens = samples * 64;
-    return {
-      samplesPerSec: samples / seconds,
-      tokensPerSec: tokens / seconds,
-      allReduceShare: median(s.map((x) => x.allReduceMs / x.stepMs)),
-      stepMs: median(s.map((x) => x.stepMs)),
-      computeMs: median(s.map((x) => x.computeMs)),
-    };
+    const started = await Promise.all(
+      clusters.map(async (cluster) => {
+        const cfg = await setup(cluster, workers, STEPS, workers, 0, perWorker);
+        return { cluster, cfg, c: await cluster.coordinator(cfg) };
+      }),
+    );
+    for (const { cluster, cfg, c } of started) for (let i = 0; i < workers; i++) cluster.worker(cfg, c.address, `w${i}`);
+    await Promise.all(started.map(({ c }) => c.waitFor(/"done":true/, 900_000)));
+    return started.map(({ c }) => jobThroughput(c.lines, workers, perWorker));
   } finally {
-    await cluster.killAll();
+    await Promise.all(clusters.map((c) => c.killAll()));
   }
 }
 
@@ -154,25 +173,6 @@ async function checkpointRun(workers: number, every: number): Promise<{ wallMs: 
   }
 }
 
-/** Median compute time (ms) of the timed steps of `jobs` independent jobs of `workers` workers run at once. */
-async function computeOf(jobs: number, workers: number): Promise<number[]> {
-  const clusters = Array.from({ length: jobs }, (_, j) => new Cluster(`contention${jobs}x${workers}-${j}`));
-  try {
-    const coordinators = await Promise.all(
-      clusters.map(async (cluster) => {
-        const cfg = await setup(cluster, workers, STEPS);
-        const c = await cluster.coordinator(cfg);
-        return { cluster, cfg, c };
-      }),
-    );
-    for (const { cluster, cfg, c } of coordinators) for (let i = 0; i < workers; i++) cluster.worker(cfg, c.address, `w${i}`);
-    await Promise.all(coordinators.map(({ c }) => c.waitFor(/"done":true/, 900_000)));
-    return coordinators.map(({ c }) => median(steps(c.lines).filter((x) => x.step >= WARMUP).map((x) => x.computeMs)));
-  } finally {
-    await Promise.all(clusters.map((c) => c.killAll()));
-  }
-}
-
 const load = () => loadavg()[0]!.toFixed(1);
 if (process.argv.includes('--contention')) {
   process.env.PARTI_LOG_LEVEL ??= 'warn';
@@ -184,7 +184,7 @@ if (process.argv.includes('--contention')) {
       [1, 2, 'one 2-worker job                '],
     ] as const) {
       const before = load();
-      const ms = await computeOf(jobs, workers);
+      const ms = (await throughput(workers, PER_WORKER, jobs)).map((r) => r.computeMs);
       console.log(`${what}: compute ${ms.map((x) => x.toFixed(0)).join(' / ')} ms; load average ${before} -> ${load()}`);
     }
   }
@@ -216,21 +216,32 @@ process.env.PARTI_LOG_LEVEL ??= 'warn';
 const ROUNDS = arg('--rounds', 2);
 const curve: string[] = [];
 for (const perWorker of PER_WORKER_LIST) {
-  console.log(`tiny config, wasm, ${perWorker} samples per worker per step${perWorker === TINY_BATCH ? " (the config's batch)" : ''}, ${STEPS} steps (first ${WARMUP} not timed); 1 and 2 workers alternate ${ROUNDS} times`);
+  console.log(
+    `tiny config, wasm, ${perWorker} samples per worker per step${perWorker === TINY_BATCH ? " (the config's batch)" : ''}, ${STEPS} steps (first ${WARMUP} not timed); ` +
+      `1 worker, 2 workers and two independent 1-worker jobs at once (the machine's own ceiling: they share nothing but the cores) alternate ${ROUNDS} times`,
+  );
   const ones: number[] = [];
   const twos: number[] = [];
+  const pairs: number[] = [];
   for (let round = 0; round < ROUNDS; round++) {
-    for (const n of [1, 2]) {
+    for (const [n, jobs] of [[1, 1], [2, 1], [1, 2]] as const) {
       const before = load();
-      const r = await throughput(n, perWorker);
-      (n === 1 ? ones : twos).push(r.samplesPerSec);
+      const rs = await throughput(n, perWorker, jobs);
+      const sum = rs.reduce((a, r) => a + r.samplesPerSec, 0);
+      (jobs === 2 ? pairs : n === 1 ? ones : twos).push(sum);
+      const what = jobs === 2 ? 'two 1-worker jobs' : `${n} worker${n > 1 ? 's' : ' '}`;
+      const r = rs[0]!;
       console.log(
-        `${n} worker${n > 1 ? 's' : ' '}: ${r.samplesPerSec.toFixed(2)} samples/s, ${r.tokensPerSec.toFixed(0)} image tokens/s, step ${r.stepMs.toFixed(0)} ms (compute ${r.computeMs.toFixed(0)} ms), all-reduce ${(r.allReduceShare * 100).toFixed(1)}% of a step (median); load average ${before} -> ${load()}`,
+        jobs === 2
+          ? `${what}: ${sum.toFixed(2)} samples/s together (${rs.map((x) => x.samplesPerSec.toFixed(2)).join(' + ')}), compute ${rs.map((x) => x.computeMs.toFixed(0)).join(' / ')} ms (median); load average ${before} -> ${load()}`
+          : `${what}: ${r.samplesPerSec.toFixed(2)} samples/s, ${r.tokensPerSec.toFixed(0)} image tokens/s, step ${r.stepMs.toFixed(0)} ms (compute ${r.computeMs.toFixed(0)} ms), all-reduce ${(r.allReduceShare * 100).toFixed(1)}% of a step (median); load average ${before} -> ${load()}`,
       );
     }
   }
   const best = (xs: number[]) => Math.max(...xs);
-  const line = `${perWorker} per worker: speedup 2 vs 1 workers ${(best(twos) / best(ones)).toFixed(2)}x best vs best, ${(median(twos) / median(ones)).toFixed(2)}x median vs median (goal >= 1.9x)`;
+  const line =
+    `${perWorker} per worker: speedup 2 vs 1 workers ${(best(twos) / best(ones)).toFixed(2)}x best vs best, ${(median(twos) / median(ones)).toFixed(2)}x median vs median (goal >= 1.9x); ` +
+    `ceiling of this machine (two independent 1-worker jobs vs one) ${(best(pairs) / best(ones)).toFixed(2)}x best, ${(median(pairs) / median(ones)).toFixed(2)}x median`;
   curve.push(line);
   console.log(line);
 }
