@@ -11,6 +11,7 @@ import { Generator } from '../src/generate/generator.ts';
 import { readEvalSamples, resolveEvalData } from '../src/eval/eval-data.ts';
 import { Probe } from '../src/eval/probe.ts';
 import { labelled } from '../src/eval/probe-training.ts';
+import { promptImages } from './prompt-images.ts';
 
 const [run, cfgArg = '1.5', seedsArg = '0,1,2,3', promptsArg = '48', dataDir = 'runs/recipe-data', probeDir = 'runs/recipe-probe'] = process.argv.slice(2);
 if (!run) throw new Error('usage: bench/prompt-agreement-order.ts RUN_DIR [CFG] [SEEDS] [PROMPTS] [DATA_DIR] [PROBE_DIR]');
@@ -30,16 +31,7 @@ const sameMultiset = (a: number[], b: number[]) => a.length === b.length && [...
 const tally = { images: 0, pairs: 0, strict: { color: 0, shape: 0, where: 0, objects: 0 }, free: { color: 0, shape: 0, objects: 0 }, pairObjectsRightWhereWrong: 0 };
 for (const seed of seedsArg.split(',').map(Number)) {
   const settings = { samples: 4, cfg: Number(cfgArg), topK: 0, topP: 1, temperature: 1, seed, rerank: 0 };
-  const images: Uint8Array[] = [];
-  const targets: Labels[] = [];
-  for (let i = 0; i < prompts.length; i += 8) {
-    const out = await gen.generate(prompts.slice(i, i + 8).map((prompt, k) => ({ prompt, promptIndex: i + k })), settings);
-    for (const p of out)
-      for (const im of p.images) {
-        images.push(im.image);
-        targets.push(probe.scheme.labelsOf(p.prompt)!);
-      }
-  }
+  const { images, targets } = await promptImages(gen, probe, prompts, settings);
   const predicted = probe.predict(images).classes;
   predicted.forEach((p, i) => {
     const t = targets[i]!;

@@ -11,6 +11,7 @@ import { readEvalSamples, resolveEvalData } from '../src/eval/eval-data.ts';
 import { Probe } from '../src/eval/probe.ts';
 import { labelled } from '../src/eval/probe-training.ts';
 import { agreement } from '../src/eval/prompt-agreement.ts';
+import { promptImages } from './prompt-images.ts';
 
 const [run, cfgArg = '3', promptsArg = '48', dataDir = 'runs/recipe-data', probeDir = 'runs/recipe-probe'] = process.argv.slice(2);
 if (!run) throw new Error('usage: bench/prompt-agreement-split.ts RUN_DIR [CFG] [PROMPTS] [DATA_DIR] [PROBE_DIR]');
@@ -26,17 +27,8 @@ for (const [split, url] of [
   const s = await readEvalSamples(url, gen.imageSize, 1000);
   const real = labelled(probe.scheme, s.captions, s.images);
   const prompts = [...new Set(real.captions)].slice(0, Number(promptsArg));
-  const images: Uint8Array[] = [];
-  const labels: number[][] = [];
   const t0 = performance.now();
-  for (let i = 0; i < prompts.length; i += 8) {
-    const out = await gen.generate(prompts.slice(i, i + 8).map((prompt, k) => ({ prompt, promptIndex: i + k })), settings);
-    for (const p of out)
-      for (const im of p.images) {
-        images.push(im.image);
-        labels.push(probe.scheme.labelsOf(p.prompt)!);
-      }
-  }
+  const { images, targets: labels } = await promptImages(gen, probe, prompts, settings);
   const a = agreement(probe.scheme, probe.predict(images).classes, labels);
   const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
   console.log(
