@@ -117,7 +117,7 @@ export class GalleryGenerator {
     const t = this.#thread;
     this.#thread = null;
     this.#wakeIdle();
-    if (t) await t.terminate();
+    if (t) await closeThread(t);
     await this.#store?.close().catch(() => {});
   }
 
@@ -246,4 +246,28 @@ export class GalleryGenerator {
     this.#idle = [];
     for (const w of waiters) w();
   }
+}
+
+/** How long a closing gallery waits for its thread to leave by itself before terminating it (ms). */
+const THREAD_CLOSE_MS = 5_000;
+
+/**
+ * Asks the sampling thread to leave and waits for it; terminates it only if it has not left
+ * within THREAD_CLOSE_MS (a sampling step that blocks that long). Terminating first would stop
+ * it at any point, also inside zlib's set-up, which aborts the process in Node 20.
+ */
+async function closeThread(t: Worker): Promise<void> {
+  const exited = new Promise<void>((resolve) => t.once('exit', () => resolve()));
+  try {
+    t.postMessage({ type: 'close' } satisfies GalleryRequest);
+  } catch {
+    // already gone
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => {
+    timer = setTimeout(() => resolve('late'), THREAD_CLOSE_MS);
+  });
+  const how = await Promise.race([exited, late]);
+  clearTimeout(timer);
+  if (how === 'late') await t.terminate();
 }

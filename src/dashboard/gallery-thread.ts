@@ -16,7 +16,7 @@ export interface GalleryThreadData extends GallerySource {
 }
 
 /** Main thread -> gallery thread. */
-export type GalleryRequest = { type: 'warm' } | { type: 'generate'; id: number; step: number; prompts: string[]; attentionMaps: boolean };
+export type GalleryRequest = { type: 'warm' } | { type: 'close' } | { type: 'generate'; id: number; step: number; prompts: string[]; attentionMaps: boolean };
 /** Gallery thread -> main thread. */
 export type GalleryReply =
   | { type: 'done'; id: number; step: number; items: GalleryRender[]; ms: number }
@@ -33,6 +33,12 @@ if (data.niceness > 0) {
 const sampler = new GallerySampler(data);
 
 parentPort!.on('message', (req: GalleryRequest) => {
+  if (req.type === 'close') {
+    // Leave from here, between two pieces of JavaScript: a thread terminated from outside can be
+    // stopped inside zlib's set-up (pngjs), and Node 20 then aborts the whole process in the
+    // thread's clean-up ("close before init", seen as a coordinator killed by SIGABRT).
+    process.exit(0);
+  }
   if (req.type === 'warm') {
     // A problem here shows again, as a failure, when the first samples are asked for.
     sampler.warm().catch(() => {});
