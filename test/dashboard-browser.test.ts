@@ -130,7 +130,8 @@ test('the page shows the worker table and charts that update live (SSE)', { time
   await page.waitForFunction(() => document.querySelector('#chart-loss')?.getAttribute('data-last-step') === '150', null, { timeout: 20_000 });
   assert.equal(await chartLastStep(page, 'throughput'), 150);
   assert.equal(await chartLastStep(page, 'lr'), 150);
-  assert.equal(await page.locator('#s-step').textContent(), '150');
+  // The summary is redrawn at most every 200 ms (the charts once per frame): wait for it.
+  await page.waitForFunction(() => document.querySelector('#s-step')?.textContent === '150', null, { timeout: 10_000 });
 
   // A worker failure and recovery show in the table and the event log.
   store.upsertWorker({ id: 'worker-c91e', state: 'failed' }, 'missed heartbeats for 3.0 s');

@@ -1,15 +1,16 @@
 // The gallery during a real Parti run: a real `parti coordinator` process and a real `parti
 // worker` process train a very small Parti model (16x16 images, 16 image tokens) with checkpoints
 // every 2 steps (keep 3); the coordinator's gallery thread samples the fixed prompts from the
-// committed checkpoints of steps 4, 8, ... with the run's image tokenizer. The API serves the
-// items (the PNGs decode, the prompts match, one attention map per prompt character), /metrics
-// counts them, retention shows as deleted checkpoints, and headless Chromium shows the samples.
-// The data are a shard set with two bad samples (an undecodable image, a caption too long): the
-// workers' step reports count them by reason and the dashboard shows them (API, /metrics, page).
-// SIGTERM then checkpoints and stops the job cleanly. A new coordinator on the same run directory
-// (a restart: it recovers from the latest checkpoint) serves the earlier gallery at once, from
-// the job's store (gallery/<step>/), before any worker joins: the same items, times and PNGs, in
-// the API and on the page.
+// committed checkpoints of steps 4, 8, ... (at most one generation every 5 s, the default) with
+// the run's image tokenizer. The API serves the items (the PNGs decode, the prompts match, one
+// attention map per prompt character), /metrics counts them, retention shows as deleted
+// checkpoints, and headless Chromium shows the samples, and the newest 100 of the run's hundreds
+// of checkpoints. The data are a shard set with two bad samples (an undecodable image, a caption
+// too long): the workers' step reports count them by reason and the dashboard shows them (API,
+// /metrics, page). SIGTERM then checkpoints and stops the job cleanly. A new coordinator on the
+// same run directory (a restart: it recovers from the latest checkpoint) serves the earlier
+// gallery at once, from the job's store (gallery/<step>/), before any worker joins: the same
+// items, times and PNGs, in the API and on the page.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync } from 'node:fs';
@@ -134,6 +135,13 @@ test('a real Parti run fills the gallery from its checkpoints and counts its bad
   const counted = await (await fetch(`${url}metrics`)).text();
   assert.ok(Number(/^parti_skipped_samples_total\{reason="undecodable-image"\} (\d+)$/m.exec(counted)?.[1]) >= 1);
   mark('API checked');
+  // A run of more checkpoints than the page lists (100): it lists the newest, says how many there
+  // are, and keeps up with twenty commits a second (it redraws at most five times a second).
+  await until('more than 100 checkpoints', 60_000, async () => {
+    const c = checkpointsResponseSchema.parse(await (await fetch(`${url}api/checkpoints`)).json()).checkpoints;
+    return c.length > 100 ? c : undefined;
+  });
+  mark('100 checkpoints');
   // The page shows the samples with their prompts.
   const browser = await launchChromium({ width: 1400, height: 1200 });
   cleanups.push(() => browser.close());
@@ -159,6 +167,10 @@ test('a real Parti run fills the gallery from its checkpoints and counts its bad
   for (const p of PROMPTS) assert.ok(captions.includes(p), `the page shows "${p}": ${captions}`);
   assert.ok((await page.locator('#gallery figure.sample .attn img').count()) >= PROMPTS.join('').length);
   await page.waitForFunction(() => document.querySelectorAll('#checkpoints tbody tr.gone').length > 0, null, { timeout: 20_000 });
+  assert.equal(await page.locator('#checkpoints tbody tr').count(), 100);
+  assert.match(await page.locator('#checkpoints-note').innerText(), /^newest 100 of \d{3,}$/);
+  const listed = (await page.locator('#checkpoints tbody tr td:first-child').allTextContents()).map(Number);
+  assert.deepEqual(listed, [...listed].sort((a, b) => b - a), 'newest first');
   // The skipped-sample reasons and their events.
   const chips = await page.locator('#skipped-reasons .chip').allTextContents();
   assert.ok(chips.some((c) => /undecodable-image/.test(c)) && chips.some((c) => /caption-too-long/.test(c)), String(chips));

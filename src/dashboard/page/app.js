@@ -114,8 +114,12 @@ function renderWorkers() {
 }
 
 // ---- checkpoints ----
+// A long run commits thousands of checkpoints; a table of all of them costs more to redraw than it
+// tells. The newest are shown, and how many older ones are not.
+const maxCheckpointsShown = 100;
 function renderCheckpoints() {
-  const rows = [...state.checkpoints.values()].sort((a, b) => b.step - a.step);
+  const all = [...state.checkpoints.values()].sort((a, b) => b.step - a.step);
+  const rows = all.slice(0, maxCheckpointsShown);
   $('checkpoints').tBodies[0].replaceChildren(
     ...rows.map((c) =>
       el(
@@ -134,8 +138,9 @@ function renderCheckpoints() {
       ),
     ),
   );
-  $('checkpoints-empty').hidden = rows.length > 0;
-  const last = rows.find((c) => !c.deleted);
+  $('checkpoints-empty').hidden = all.length > 0;
+  $('checkpoints-note').textContent = all.length > rows.length ? `newest ${rows.length} of ${all.length}` : '';
+  const last = all.find((c) => !c.deleted);
   $('s-ckpt-sub').textContent = last ? dateTime(last.time) : '';
 }
 
@@ -169,25 +174,34 @@ function renderSkipped() {
 }
 
 // ---- gallery ----
+// Samples are keyed by id: a new one is added and a dropped one removed without touching the
+// others, so their images are not fetched and decoded again on every update.
+function galleryFigure(g) {
+  return el(
+    'figure',
+    { class: 'sample', 'data-id': g.id },
+    el('img', { src: g.image, alt: g.prompt, loading: 'lazy', width: 160, height: 160 }),
+    el('figcaption', {}, el('span', { class: 'prompt', text: g.prompt }), el('span', { class: 'muted small', text: `step ${g.step}` })),
+    g.attention.length
+      ? el(
+          'div',
+          { class: 'attn' },
+          ...g.attention.map((a) => el('figure', {}, el('img', { src: a.image, alt: `attention: ${a.token}`, loading: 'lazy' }), el('figcaption', { text: a.token }))),
+        )
+      : '',
+  );
+}
 function renderGallery() {
   const items = [...state.gallery].sort((a, b) => b.step - a.step || b.time - a.time);
-  $('gallery').replaceChildren(
-    ...items.map((g) =>
-      el(
-        'figure',
-        { class: 'sample' },
-        el('img', { src: g.image, alt: g.prompt, loading: 'lazy', width: 160, height: 160 }),
-        el('figcaption', {}, el('span', { class: 'prompt', text: g.prompt }), el('span', { class: 'muted small', text: `step ${g.step}` })),
-        g.attention.length
-          ? el(
-              'div',
-              { class: 'attn' },
-              ...g.attention.map((a) => el('figure', {}, el('img', { src: a.image, alt: `attention: ${a.token}`, loading: 'lazy' }), el('figcaption', { text: a.token }))),
-            )
-          : '',
-      ),
-    ),
-  );
+  const box = $('gallery');
+  const shown = new Map([...box.children].map((f) => [f.dataset.id, f]));
+  const figures = items.map((g) => shown.get(g.id) ?? galleryFigure(g));
+  const keep = new Set(figures);
+  for (const f of shown.values()) if (!keep.has(f)) f.remove();
+  // Put each figure in place; one already there is not moved (moving would not reload it either).
+  figures.forEach((f, i) => {
+    if (box.children[i] !== f) box.insertBefore(f, box.children[i] ?? null);
+  });
   $('gallery-empty').hidden = items.length > 0;
   $('gallery-note').textContent = items.length ? `${items.length} shown` : '';
 }
@@ -243,13 +257,29 @@ function setLive(s, text) {
   $('live-text').textContent = text;
 }
 
+// Live updates can come faster than the page can draw them (a small test run commits twenty
+// checkpoints a second): each part of the page is redrawn at most every 200 ms, after the updates
+// that came in between have all been applied to the state.
+const redrawMs = 200;
+const due = new Set();
+let redrawTimer = null;
+function redraw(render) {
+  due.add(render);
+  redrawTimer ??= setTimeout(() => {
+    redrawTimer = null;
+    const renders = [...due];
+    due.clear();
+    for (const r of renders) r();
+  }, redrawMs);
+}
+
 // What each live update does to the page. Updates that arrive while the overview and history
 // load are queued and applied after, so nothing between the load and the stream is lost; replays
 // skip what the load already had (steps up to the chart's last, events up to the last seq).
 const apply = {
   job(u) {
     state.job = u.job;
-    renderJob();
+    redraw(renderJob);
   },
   step(u, replay) {
     for (const [chart, series] of Object.entries(chartSeries)) {
@@ -262,7 +292,7 @@ const apply = {
   },
   worker(u) {
     state.workers.set(u.worker.id, u.worker);
-    renderWorkers();
+    redraw(renderWorkers);
   },
   event(u) {
     if (u.event.seq <= (state.events.at(-1)?.seq ?? 0)) return;
@@ -270,19 +300,19 @@ const apply = {
     if (u.event.kind === 'skipped-sample' && u.event.detail?.reason) {
       const r = u.event.detail.reason;
       state.skipped.samples[r] = (state.skipped.samples[r] ?? 0) + 1;
-      renderSkipped();
+      redraw(renderSkipped);
     }
   },
   checkpoint(u) {
     state.checkpoints.set(u.checkpoint.step, u.checkpoint);
-    renderCheckpoints();
+    redraw(renderCheckpoints);
   },
   gallery(u) {
     if (state.gallery.some((g) => g.id === u.item.id)) return;
     state.gallery.push(u.item);
     // The server drops the oldest past its keep (and their images): so does the page.
     while (state.gallery.length > state.galleryKeep) state.gallery.shift();
-    renderGallery();
+    redraw(renderGallery);
   },
 };
 
