@@ -6,6 +6,12 @@ export const gallerySchema = z.strictObject({
   prompts: z.array(z.string().min(1).max(512)).max(16).default([]),
   /** Generate a sample of every prompt every this many optimizer steps; 0 turns the gallery off. */
   everySteps: z.number().int().min(0).default(0),
+  /**
+   * At least this many seconds between the starts of two generations: a run whose checkpoints come
+   * faster than that (a small model, a short everySteps) is sampled at the first due checkpoint
+   * after the wait, the newest one, instead of on every one. 0: no wait.
+   */
+  minIntervalSeconds: z.number().min(0).max(86_400).default(5),
   /** Gallery items kept in the coordinator's memory (oldest dropped first). */
   keep: z.number().int().min(1).max(1000).default(48),
   /** Also render the decoder's cross-attention maps (one per text token) when the model offers them. */

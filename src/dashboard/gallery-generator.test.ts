@@ -65,10 +65,10 @@ before(async () => {
   await store.close();
 });
 
-function generator(prompts: string[], everySteps: number) {
+function generator(prompts: string[], everySteps: number, minIntervalSeconds = 0) {
   const store = new RunStateStore({ jobId: 'j', name: 'j', configHash: hash, galleryKeep: 20 });
   const metrics = createTrainingMetrics();
-  const g = new GalleryGenerator({ store, metrics, gallery: gallerySchema.parse({ prompts, everySteps }), source, timeoutMs: 60_000 });
+  const g = new GalleryGenerator({ store, metrics, gallery: gallerySchema.parse({ prompts, everySteps, minIntervalSeconds }), source, timeoutMs: 60_000 });
   generators.push(g);
   // The thread does not keep a process alive (the coordinator's servers do); this test's waits do.
   const idle = () => {
@@ -99,6 +99,23 @@ test('samples the first commit at or after each multiple of everySteps, one at a
   assert.match(text, /^parti_gallery_generations_total\{result="done"\} 2$/m);
   assert.match(text, /^parti_gallery_generations_total\{result="skipped"\} 1$/m);
   assert.deepEqual(store.events(0).events, [], 'no warning');
+});
+
+test('no generation starts sooner than minIntervalSeconds after the last one started: a due checkpoint waits for it', { timeout: 60_000 }, async () => {
+  const { g, store, idle } = generator(['a red circle'], 4, 3);
+  assert.equal(g.checkpointCommitted(4), true);
+  await idle();
+  const committed8 = Date.now();
+  assert.equal(g.checkpointCommitted(8), true);
+  await idle();
+  // Step 8's generation started at committed8 or later: step 12 (due at once) waits until 3 s after.
+  assert.equal(g.checkpointCommitted(12), true);
+  await idle();
+  assert.deepEqual(store.gallery().map((i) => i.step), [4, 8, 12]);
+  assert.deepEqual(g.counts, { done: 3, failed: 0, skipped: 0 });
+  // A lower bound only (a timer never fires early); without the wait this is two generations, well under 1 s.
+  const stored12 = store.gallery().at(-1)!.time;
+  assert.ok(stored12 - committed8 >= 3000, `step 12 stored ${stored12 - committed8} ms after step 8 was committed`);
 });
 
 test('a checkpoint retention deleted is skipped; a foreign one is a warning event; neither throws, and the next one is sampled', { timeout: 60_000 }, async () => {

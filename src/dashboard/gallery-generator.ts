@@ -4,7 +4,9 @@
  * that checkpoint's parameters and the run's trained tokenizer and samples one image per fixed
  * prompt (with cross-attention maps), which go into the RunStateStore. One generation at a time:
  * a checkpoint that comes while one runs waits (only the newest waits; older waiting ones are
- * skipped and counted). A failure is a warning in the event log, never an exception.
+ * skipped and counted), and no generation starts sooner than `minIntervalSeconds` after the last
+ * one started (the newest due checkpoint waits for it). A failure is a warning in the event log,
+ * never an exception.
  */
 import { Worker } from 'node:worker_threads';
 import type { GalleryConfig } from '../config/dashboard-schema.ts';
@@ -54,6 +56,9 @@ export class GalleryGenerator {
   #store: ObjectStore | null = null;
   #inFlight: { id: number; step: number; timer: NodeJS.Timeout } | null = null;
   #waiting: number | null = null;
+  /** When the last generation started (ms), and the timer that starts the waiting one after the interval. */
+  #lastStart = -Infinity;
+  #intervalTimer: NodeJS.Timeout | null = null;
   #nextDue: number;
   #lastId = 0;
   #closed = false;
@@ -92,12 +97,9 @@ export class GalleryGenerator {
     if (this.#closed || !this.enabled || step < this.#nextDue) return false;
     const every = this.#o.gallery.everySteps;
     this.#nextDue = (Math.floor(step / every) + 1) * every;
-    if (this.#inFlight) {
-      if (this.#waiting !== null) this.#skip(this.#waiting);
-      this.#waiting = step;
-      return true;
-    }
-    this.#start(step);
+    if (this.#waiting !== null) this.#skip(this.#waiting);
+    this.#waiting = step;
+    if (!this.#inFlight && !this.#intervalTimer) this.#next();
     return true;
   }
 
@@ -112,6 +114,8 @@ export class GalleryGenerator {
     this.#closed = true;
     if (this.#waiting !== null) this.#skip(this.#waiting);
     this.#waiting = null;
+    if (this.#intervalTimer) clearTimeout(this.#intervalTimer);
+    this.#intervalTimer = null;
     if (this.#inFlight) clearTimeout(this.#inFlight.timer);
     this.#inFlight = null;
     const t = this.#thread;
@@ -154,6 +158,7 @@ export class GalleryGenerator {
 
   #start(step: number): void {
     const id = ++this.#lastId;
+    this.#lastStart = Date.now();
     const timeoutMs = this.#o.timeoutMs ?? 600_000;
     const timer = setTimeout(() => {
       if (this.#inFlight?.id !== id) return;
@@ -233,11 +238,25 @@ export class GalleryGenerator {
     if (this.#inFlight) this.#fail(this.#inFlight.id, this.#inFlight.step, why);
   }
 
+  /** Starts the waiting checkpoint's generation, now or once the minimum interval has passed. */
   #next(): void {
     const w = this.#waiting;
+    if (w === null || this.#closed) {
+      this.#waiting = null;
+      this.#wakeIdle();
+      return;
+    }
+    const wait = this.#lastStart + this.#o.gallery.minIntervalSeconds * 1000 - Date.now();
+    if (wait > 0) {
+      this.#intervalTimer ??= setTimeout(() => {
+        this.#intervalTimer = null;
+        this.#next();
+      }, wait);
+      this.#intervalTimer.unref();
+      return;
+    }
     this.#waiting = null;
-    if (w !== null && !this.#closed) this.#start(w);
-    else this.#wakeIdle();
+    this.#start(w);
   }
 
   #wakeIdle(): void {
