@@ -6,9 +6,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { PartiError } from '../src/errors.ts';
-import { applyJob } from '../src/launch/job-apply.ts';
+import { applyJob, applyTokenizerJob } from '../src/launch/job-apply.ts';
 import { deleteJob } from '../src/launch/job-delete.ts';
-import { buildJobObjects } from '../src/launch/job-objects.ts';
+import { buildJobObjects, buildTokenizerJob } from '../src/launch/job-objects.ts';
 import { formatJobStatus, jobLogs, jobStatus } from '../src/launch/job-status.ts';
 import { FakeKubernetesApi } from './helpers/k8s-fake-api-server.ts';
 import { writeClusterConfig } from './helpers/k8s-kustomize.ts';
@@ -323,12 +323,79 @@ test('status, logs and delete', async () => {
   assert.match(forbidden.message, /^delete deployment tiny-coordinator in namespace ml-team: forbidden: /);
 });
 
+test('the tokenizer stage: one Job that trains and publishes the tokenizer to training.tokenizerFrom; status, logs and delete know it', async () => {
+  const result = await applyTokenizerJob({ configFile: CONFIG, image: IMAGE, kubeconfig });
+  assert.equal(result.publishTo, 's3://YOUR-BUCKET/parti-tokenizer');
+  const want = buildTokenizerJob({ name: 'tiny', configText: readFileSync(CONFIG, 'utf8'), image: IMAGE, workers: 2, gpusPerWorker: 0, namespace: NS }, result.publishTo);
+  assert.deepEqual(result.applied.map((a) => `${a.kind}/${a.name} ${a.action}`), [`ConfigMap/${want.configMap.metadata!.name} created`, 'Job/tiny-tokenizer created']);
+  assert.deepEqual(fake.summary(), [
+    `GET /api/v1/namespaces/${NS}`,
+    `GET /api/v1/namespaces/${NS}/secrets/parti-s3`,
+    `GET /apis/batch/v1/namespaces/${NS}/jobs/tiny-tokenizer`,
+    `POST /api/v1/namespaces/${NS}/configmaps`,
+    `POST /apis/batch/v1/namespaces/${NS}/jobs`,
+  ]);
+  const posted = fake.requests.filter((r) => r.method === 'POST').map((r) => r.body);
+  assert.deepEqual(posted, JSON.parse(JSON.stringify([want.configMap, want.tokenizer])));
+  // The same ConfigMap as the Parti stage's, one pod that trains the stage and publishes it.
+  assert.equal(want.configMap.metadata!.name, expected().configMap.metadata!.name);
+  const pod = want.tokenizer.spec!.template.spec!;
+  assert.deepEqual(pod.containers[0]!.args, ['train', '--config', '/etc/parti/config.yaml', '--run-dir', '/var/lib/parti', '--stage', 'tokenizer', '--publish-tokenizer', 's3://YOUR-BUCKET/parti-tokenizer']);
+  assert.deepEqual(pod.containers[0]!.envFrom, [{ secretRef: { name: 'parti-s3' } }]);
+  assert.equal(pod.restartPolicy, 'Never');
+  assert.deepEqual([want.tokenizer.spec!.completions, want.tokenizer.spec!.backoffLimit], [1, 2]);
+  assert.deepEqual(pod.containers[0]!.resources, expected().workers.spec!.template.spec!.containers[0]!.resources);
+
+  // Again while it runs: nothing changes. Once it has ended: refused (delete it to train again).
+  fake.requests.length = 0;
+  const again = await applyTokenizerJob({ configFile: CONFIG, image: IMAGE, kubeconfig });
+  assert.deepEqual(again.applied.map((a) => a.action), ['unchanged', 'unchanged']);
+  const job = fake.get('jobs', NS, 'tiny-tokenizer') as any;
+  job.status = { active: 1 };
+  const labels = { 'app.kubernetes.io/name': 'parti', 'app.kubernetes.io/instance': 'tiny', 'app.kubernetes.io/component': 'tokenizer', 'job-name': 'tiny-tokenizer' };
+  fake.put('pods', NS, {
+    metadata: { name: 'tiny-tokenizer-q7x2p', labels },
+    spec: { containers: [{ name: 'tokenizer' }], nodeName: 'node-a' },
+    status: { phase: 'Running', containerStatuses: [{ name: 'tokenizer', ready: true, restartCount: 0, image: IMAGE, imageID: '', state: { running: {} } }] },
+  });
+  fake.podLogs.set(`${NS}/tiny-tokenizer-q7x2p`, 'tokenizer step 10/300\n');
+  const running = await jobStatus('tiny', { kubeconfig });
+  assert.equal(running.phase, 'running');
+  assert.deepEqual(running.tokenizer, { active: 1, succeeded: 0, failed: 0, conditions: [] });
+  assert.deepEqual(running.pods.map((p) => [p.name, p.component]), [['tiny-tokenizer-q7x2p', 'tokenizer']]);
+  assert.match(formatJobStatus(running), /^tokenizer stage: 1 active, 0 succeeded, 0 failed$/m);
+  let out = '';
+  await jobLogs('tiny', { kubeconfig, component: 'tokenizer' }, (t) => (out += t));
+  assert.equal(out, 'tokenizer step 10/300\n');
+
+  job.status = { succeeded: 1, conditions: [{ type: 'Complete', status: 'True' }] };
+  assert.equal((await jobStatus('tiny', { kubeconfig })).phase, 'succeeded');
+  fake.requests.length = 0;
+  const ended = await rejection(applyTokenizerJob({ configFile: CONFIG, image: IMAGE, kubeconfig }));
+  assert.match(ended.message, /^job tiny-tokenizer in namespace ml-team has ended \(Complete\); to run it again, delete it first/);
+  assert.deepEqual(writes(), []);
+
+  // The Parti stage next: its ConfigMap is there already; the job's phase is now the workers'.
+  const parti = await applyJob({ configFile: CONFIG, image: IMAGE, workers: 2, kubeconfig });
+  assert.equal(parti.applied[0]!.action, 'unchanged');
+  assert.equal((await jobStatus('tiny', { kubeconfig })).phase, 'pending');
+  const { deleted } = await deleteJob('tiny', { kubeconfig });
+  assert.ok(deleted.some((d) => `${d.kind}/${d.name}` === 'Job/tiny-tokenizer'), JSON.stringify(deleted));
+  assert.deepEqual([...fake.objects.keys()].filter((k) => !k.startsWith('secrets/') && !k.startsWith('pods/')), []);
+
+  // A test-model config has no tokenizer to train.
+  const linear = await rejection(applyTokenizerJob({ configFile: writeClusterConfig('tiny', [['runtime:\n', 'runtime:\n  testModel: { kind: linear }\n']]), image: IMAGE, kubeconfig }));
+  assert.match(linear.message, /runtime\.testModel: the test model has no image tokenizer to train/);
+});
+
 test('the CLI: `parti launch k8s` prints what it did; a missing Secret exits 2 with one line on stderr', async () => {
   const env = { ...process.env, KUBECONFIG: kubeconfig, PARTI_LOG_LEVEL: 'warn' };
   const args = ['bin/parti.mjs', 'launch', 'k8s', '--config', CONFIG, '--image', IMAGE, '--workers', '2'];
   const { stdout } = await run(process.execPath, args, { cwd: ROOT, env, timeout: 60_000 });
   assert.match(stdout, /^configmap\/tiny-config-\w{10} created\nservice\/tiny-coordinator created\nservice\/tiny-workers created\ndeployment\.apps\/tiny-coordinator created\njob\.batch\/tiny-workers created\n/);
   assert.match(stdout, /kubectl -n ml-team port-forward service\/tiny-coordinator 8470/);
+  const tok = await run(process.execPath, [...args.slice(0, -2), '--stage', 'tokenizer'], { cwd: ROOT, env, timeout: 60_000 });
+  assert.match(tok.stdout, /^configmap\/tiny-config-\w{10} unchanged\njob\.batch\/tiny-tokenizer created\nwatch it: {2}parti launch logs --job tiny --component tokenizer --follow --namespace ml-team\n/);
 
   fake.objects.delete(`secrets/${NS}/parti-dashboard`);
   const failed = await run(process.execPath, args, { cwd: ROOT, env, timeout: 60_000 }).then(

@@ -196,3 +196,27 @@ test("the pods' command lines parse with the real `parti coordinator` and `parti
     }
   }
 });
+
+test('`parti launch k8s --stage tokenizer --dry-run` prints the ConfigMap and a Job that validate, whose command line parses with the real `parti train`', async () => {
+  const configFile = writeClusterConfig('tiny');
+  const { stdout } = await run(
+    process.execPath,
+    ['bin/parti.mjs', 'launch', 'k8s', '--config', configFile, '--image', overlays.gpu.image, '--gpus', '1', '--stage', 'tokenizer', '--dry-run'],
+    { cwd: ROOT, timeout: 60_000, env: { ...process.env, KUBECONFIG: '/nonexistent/kubeconfig' } },
+  );
+  const printed = parseYamlObjects(stdout);
+  assert.deepEqual(printed.map((o) => `${o.kind}/${o.metadata.name}`), [`ConfigMap/${buildJobObjects({ name: 'tiny', configText: readFileSync(configFile, 'utf8'), image: overlays.gpu.image, workers: 2, gpusPerWorker: 1 }).configMap.metadata!.name}`, 'Job/tiny-tokenizer']);
+  for (const o of printed) assert.deepEqual(schemaProblems(o), []);
+  const pod = (printed[1] as any).spec.template.spec;
+  assert.equal(pod.containers[0].resources.limits['nvidia.com/gpu'], '1');
+  assert.deepEqual(pod.tolerations, [{ key: 'nvidia.com/gpu', operator: 'Exists', effect: 'NoSchedule' }]);
+
+  const { Command } = await import('commander');
+  const { register: registerTrain } = await import('../src/cli/train.ts');
+  const program = new Command().exitOverride();
+  registerTrain(program);
+  let parsed: Record<string, unknown> | undefined;
+  for (const cmd of program.commands) cmd.exitOverride().action((opts: Record<string, unknown>) => void (parsed = opts));
+  await program.parseAsync(pod.containers[0].args, { from: 'user' });
+  assert.deepEqual(parsed, { config: '/etc/parti/config.yaml', runDir: '/var/lib/parti', stage: 'tokenizer', publishTokenizer: 's3://YOUR-BUCKET/parti-tokenizer' });
+});

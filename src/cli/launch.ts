@@ -2,9 +2,9 @@ import type { Command } from 'commander';
 import { stringify } from 'yaml';
 import { usageError } from '../errors.ts';
 import type { ClusterOptions } from '../launch/cluster-client.ts';
-import { applyJob, prepareJob } from '../launch/job-apply.ts';
+import { applyJob, applyTokenizerJob, prepareJob, prepareTokenizerJob } from '../launch/job-apply.ts';
 import { deleteJob } from '../launch/job-delete.ts';
-import { COORDINATOR_HTTP_PORT, jobObjectList, jobObjectNames } from '../launch/job-objects.ts';
+import { COORDINATOR_HTTP_PORT, jobObjectList, jobObjectNames, tokenizerJobName } from '../launch/job-objects.ts';
 import { formatJobStatus, jobLogs, jobStatus } from '../launch/job-status.ts';
 
 /**
@@ -36,6 +36,7 @@ export function register(program: Command): void {
       .option('--s3-secret <name>', 'Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, … for the checkpoint bucket', 'parti-s3')
       .option('--dashboard-secret <name>', 'Secret whose key `token` protects the dashboard', 'parti-dashboard')
       .option('--tls-secret <name>', 'optional Secret with ca.crt, coordinator.crt/key, worker.crt/key, token (mutual TLS; mounted at /etc/parti/tls)', 'parti-tls')
+      .option('--stage <stage>', "parti: the job (coordinator and workers); tokenizer: one pod that trains the image tokenizer and publishes it to the config's training.tokenizerFrom, to run first", 'parti')
       .option('--dry-run', 'print the objects as YAML and touch no cluster'),
   ).action(
     async (opts: {
@@ -46,6 +47,7 @@ export function register(program: Command): void {
       s3Secret: string;
       dashboardSecret: string;
       tlsSecret: string;
+      stage: string;
       dryRun?: boolean;
       namespace?: string;
       kubeconfig?: string;
@@ -61,6 +63,23 @@ export function register(program: Command): void {
         tlsSecret: opts.tlsSecret,
         ...clusterOptions(opts),
       };
+      if (opts.stage !== 'parti' && opts.stage !== 'tokenizer') throw usageError('--stage', `parti or tokenizer, got ${opts.stage}`);
+      if (opts.stage === 'tokenizer') {
+        if (opts.dryRun) {
+          const { configMap, tokenizer } = prepareTokenizerJob(options).objects;
+          process.stdout.write([configMap, tokenizer].map((o) => stringify(o, { blockQuote: 'literal', lineWidth: 0 })).join('---\n'));
+          return;
+        }
+        const { namespace, applied, publishTo } = await applyTokenizerJob(options);
+        for (const a of applied) process.stdout.write(`${kindPath(a.kind)}/${a.name} ${a.action}\n`);
+        const name = applied.find((a) => a.kind === 'Job')!.name.replace(/-tokenizer$/, '');
+        const ns = namespace === 'default' ? '' : ` --namespace ${namespace}`;
+        process.stdout.write(
+          `watch it:  parti launch logs --job ${name} --component tokenizer --follow${ns}\n` +
+            `then, once job ${tokenizerJobName(name)} has succeeded (it publishes to ${publishTo}): parti launch k8s --config ${opts.config} --image ${opts.image}${ns}\n`,
+        );
+        return;
+      }
       if (opts.dryRun) {
         const { objects } = prepareJob(options);
         process.stdout.write(jobObjectList(objects).map((o) => stringify(o, { blockQuote: 'literal', lineWidth: 0 })).join('---\n'));
@@ -93,7 +112,7 @@ export function register(program: Command): void {
       .command('logs')
       .description("Print the logs of a job's pods.")
       .requiredOption('--job <name>', "the job's name (its config's name)")
-      .option('--component <component>', 'coordinator or worker')
+      .option('--component <component>', 'coordinator, worker or tokenizer')
       .option('--index <i>', 'only the worker with this index')
       .option('--tail <n>', 'the last N lines of each pod')
       .option('--previous', "the previous (crashed) container's logs")
@@ -110,14 +129,14 @@ export function register(program: Command): void {
       kubeconfig?: string;
       context?: string;
     }) => {
-      if (opts.component !== undefined && opts.component !== 'coordinator' && opts.component !== 'worker') {
-        throw usageError('--component', `coordinator or worker, got ${opts.component}`);
+      if (opts.component !== undefined && opts.component !== 'coordinator' && opts.component !== 'worker' && opts.component !== 'tokenizer') {
+        throw usageError('--component', `coordinator, worker or tokenizer, got ${opts.component}`);
       }
       await jobLogs(
         opts.job,
         {
           ...clusterOptions(opts),
-          component: opts.component as 'coordinator' | 'worker' | undefined,
+          component: opts.component as 'coordinator' | 'worker' | 'tokenizer' | undefined,
           index: opts.index === undefined ? undefined : intFlag('--index', opts.index),
           tail: opts.tail === undefined ? undefined : intFlag('--tail', opts.tail),
           previous: opts.previous,

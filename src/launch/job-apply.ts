@@ -9,6 +9,7 @@ import { log } from '../observability/log.ts';
 import { apiStatus, clusterError, connectCluster, type Cluster, type ClusterOptions } from './cluster-client.ts';
 import {
   buildJobObjects,
+  buildTokenizerJob,
   COORDINATOR_HTTP_PORT,
   JOB_NAME_PATTERN,
   DEFAULT_DASHBOARD_SECRET,
@@ -50,7 +51,7 @@ export interface AppliedObject {
 const NAMESPACE_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Validates the options and the config and builds the job's objects; touches no cluster. */
-export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; objects: JobObjects; mtls: boolean; tlsKeys: string[] } {
+export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; objects: JobObjects; mtls: boolean; tlsKeys: string[]; config: Config } {
   if (!options.image || /\s/.test(options.image)) throw usageError('--image', `an image reference (registry/name:tag), got "${options.image ?? ''}"`);
   if (options.workers !== undefined && (!Number.isInteger(options.workers) || options.workers < 1 || options.workers > 10000)) {
     throw usageError('--workers', `an integer from 1 to 10000, got ${options.workers}`);
@@ -83,7 +84,7 @@ export function prepareJob(options: LaunchOptions): { input: JobObjectsInput; ob
     tlsSecret: options.tlsSecret ?? DEFAULT_TLS_SECRET,
     workerNodeFlags: collectiveNodeFlags(config.collective),
   };
-  return { input, objects: buildJobObjects(input), mtls: config.security.tls !== undefined, tlsKeys: tlsSecretKeys(config) };
+  return { input, objects: buildJobObjects(input), mtls: config.security.tls !== undefined, tlsKeys: tlsSecretKeys(config), config };
 }
 
 /**
@@ -161,6 +162,49 @@ export async function applyJob(options: LaunchOptions & ClusterOptions): Promise
   applied.push(await applyWorkerJob(cluster, namespace, objects.workers, jobPlan));
   log.debug({ namespace, applied }, 'launch: applied');
   return { namespace, applied };
+}
+
+/**
+ * The tokenizer stage's objects (`parti launch k8s --stage tokenizer`): the job's ConfigMap and
+ * one Job that trains the image tokenizer and publishes it to the config's training.tokenizerFrom.
+ * The config is checked as for the job itself: it is the one the Parti stage runs with next.
+ */
+export function prepareTokenizerJob(options: LaunchOptions): { input: JobObjectsInput; publishTo: string; objects: ReturnType<typeof buildTokenizerJob> } {
+  const { input, config } = prepareJob(options);
+  if (config.runtime.testModel) {
+    throw new PartiError('config', `${options.configFile}: runtime.testModel: the test model has no image tokenizer to train (--stage tokenizer is for Parti jobs)`);
+  }
+  // (prepareJob checked that it is an s3:// URL)
+  const publishTo = config.training.tokenizerFrom!;
+  return { input, publishTo, objects: buildTokenizerJob(input, publishTo) };
+}
+
+/**
+ * Creates the tokenizer stage in the cluster: the ConfigMap (unchanged when there), then its Job.
+ * A Job of that name that runs or waits with the same spec is left as it is; one that has ended,
+ * or has another spec, is refused (a Job's pods cannot change): delete it first.
+ */
+export async function applyTokenizerJob(options: LaunchOptions & ClusterOptions): Promise<{ namespace: string; applied: AppliedObject[]; publishTo: string }> {
+  const prepared = prepareTokenizerJob(options);
+  const cluster = connectCluster(options);
+  const namespace = cluster.namespace;
+  const { configMap, tokenizer } = buildTokenizerJob({ ...prepared.input, namespace }, prepared.publishTo);
+  await checkNamespace(cluster, namespace);
+  await checkSecret(cluster, namespace, prepared.input.s3Secret!, 'AWS_ACCESS_KEY_ID=… --from-literal=AWS_SECRET_ACCESS_KEY=…');
+  const plan = await planWorkerJob(cluster, namespace, prepared.input.name, tokenizer);
+  const applied: AppliedObject[] = [];
+  const configMapName = configMap.metadata!.name!;
+  try {
+    await cluster.core.createNamespacedConfigMap({ namespace, body: configMap });
+    applied.push({ kind: 'ConfigMap', name: configMapName, action: 'created' });
+  } catch (err) {
+    if (apiStatus(err) !== 409) throw notFoundIsNamespace(clusterError(cluster, `create configmap ${configMapName} in namespace ${namespace}`, err), err, namespace);
+    applied.push({ kind: 'ConfigMap', name: configMapName, action: 'unchanged' });
+  }
+  // (one pod: completions and parallelism never differ, so the plan is create or unchanged)
+  applied.push(await applyWorkerJob(cluster, namespace, tokenizer, plan));
+  log.debug({ namespace, applied }, 'launch: tokenizer stage applied');
+  return { namespace, applied, publishTo: prepared.publishTo };
 }
 
 type JobPlan = { kind: 'create' } | { kind: 'unchanged' } | { kind: 'scale' };

@@ -1,5 +1,5 @@
 import { apiStatus, clusterError, connectCluster, type ClusterOptions } from './cluster-client.ts';
-import { jobObjectNames, jobSelector } from './job-objects.ts';
+import { jobObjectNames, jobSelector, tokenizerJobName } from './job-objects.ts';
 import { checkJobName, notFound } from './job-status.ts';
 
 /** An object `parti launch delete` removed. */
@@ -10,7 +10,7 @@ export interface DeletedObject {
 
 /**
  * Deletes a job's objects: the worker Job first (its pods go with it), then the coordinator, the
- * Services and the job's ConfigMaps. The checkpoints in the bucket stay: launching the same config
+ * Services, the tokenizer stage's Job and the job's ConfigMaps. The checkpoints in the bucket stay: launching the same config
  * again resumes from them. Objects already gone are skipped; a job with none left is an error.
  */
 export async function deleteJob(job: string, options: ClusterOptions = {}): Promise<{ namespace: string; deleted: DeletedObject[] }> {
@@ -34,6 +34,8 @@ export async function deleteJob(job: string, options: ClusterOptions = {}): Prom
   await remove('Deployment', names.coordinator, () => cluster.apps.deleteNamespacedDeployment({ name: names.coordinator, namespace, propagationPolicy }));
   await remove('Service', names.coordinator, () => cluster.core.deleteNamespacedService({ name: names.coordinator, namespace }));
   await remove('Service', names.workers, () => cluster.core.deleteNamespacedService({ name: names.workers, namespace }));
+  const tokenizer = tokenizerJobName(job);
+  await remove('Job', tokenizer, () => cluster.batch.deleteNamespacedJob({ name: tokenizer, namespace, propagationPolicy }));
   let configMaps: string[];
   try {
     const list = await cluster.core.listNamespacedConfigMap({ namespace, labelSelector: jobSelector(job) });

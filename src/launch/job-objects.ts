@@ -355,3 +355,68 @@ export function buildJobObjects(input: JobObjectsInput): JobObjects {
 export function jobObjectList(objects: JobObjects): (V1ConfigMap | V1Service | V1Deployment | V1Job)[] {
   return [objects.configMap, objects.coordinatorService, objects.workersService, objects.coordinator, objects.workers];
 }
+
+/** The name of a job's tokenizer-stage Job (`parti launch k8s --stage tokenizer`). */
+export function tokenizerJobName(name: string): string {
+  return `${name}-tokenizer`;
+}
+
+/** Exit code of a usage or config error (src/cli/main.ts): retrying cannot help. */
+const EXIT_USAGE = 2;
+
+/**
+ * The image tokenizer stage of a job as one Kubernetes Job of one pod: `parti train --stage
+ * tokenizer` with the job's config, then `--publish-tokenizer` to `publishTo` (the config's
+ * training.tokenizerFrom), where the Parti workers read it. The pod is the worker pod's (image, S3
+ * environment, resources and GPUs, security, config and scratch volumes), so the two stay alike.
+ * Its disk is scratch: a pod that fails trains the stage again from the start, at most
+ * `backoffLimit` more times; a usage or config error (exit 2) fails the Job at once.
+ */
+export function buildTokenizerJob(input: JobObjectsInput, publishTo: string): { configMap: V1ConfigMap; tokenizer: V1Job } {
+  const { configMap, workers } = buildJobObjects(input);
+  const pod = workers.spec!.template.spec!;
+  const worker = pod.containers[0]!;
+  const labels = { [COMPONENT_LABEL]: 'tokenizer', [INSTANCE_LABEL]: input.name, [NAME_LABEL]: 'parti' };
+  const container: V1Container = {
+    name: 'tokenizer',
+    image: input.image,
+    args: ['train', '--config', `${CONFIG_MOUNT_DIR}/${CONFIG_KEY}`, '--run-dir', RUN_DIR, '--stage', 'tokenizer', '--publish-tokenizer', publishTo],
+    env: [{ name: 'PARTI_LOG_FORMAT', value: 'json' }],
+    envFrom: worker.envFrom,
+    resources: worker.resources,
+    securityContext: worker.securityContext,
+    // (no TLS: the stage runs in one process and dials only the bucket)
+    volumeMounts: worker.volumeMounts!.filter((m) => m.name !== 'tls'),
+  };
+  const tokenizer: V1Job = {
+    apiVersion: 'batch/v1',
+    kind: 'Job',
+    metadata: { name: tokenizerJobName(input.name), ...(input.namespace === undefined ? {} : { namespace: input.namespace }), labels },
+    spec: {
+      completions: 1,
+      parallelism: 1,
+      backoffLimit: 2,
+      podFailurePolicy: {
+        rules: [
+          { action: 'FailJob', onExitCodes: { containerName: 'tokenizer', operator: 'In', values: [EXIT_USAGE] } },
+          { action: 'Ignore', onPodConditions: [{ type: 'DisruptionTarget', status: 'True' }] },
+        ],
+      },
+      template: {
+        // (a copy: one object twice would print as a YAML alias)
+        metadata: { labels: { ...labels } },
+        spec: {
+          restartPolicy: 'Never',
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          terminationGracePeriodSeconds: 30,
+          securityContext: pod.securityContext,
+          ...(pod.tolerations ? { tolerations: pod.tolerations } : {}),
+          containers: [container],
+          volumes: pod.volumes!.filter((v) => v.name !== 'tls'),
+        },
+      },
+    },
+  };
+  return { configMap, tokenizer };
+}

@@ -2,12 +2,12 @@ import { PassThrough } from 'node:stream';
 import { Log, type V1Deployment, type V1Job, type V1Pod } from '@kubernetes/client-node';
 import { PartiError, usageError } from '../errors.ts';
 import { apiStatus, clusterError, connectCluster, type Cluster, type ClusterOptions } from './cluster-client.ts';
-import { COMPONENT_LABEL, JOB_NAME_PATTERN, jobObjectNames, jobSelector } from './job-objects.ts';
+import { COMPONENT_LABEL, JOB_NAME_PATTERN, jobObjectNames, jobSelector, tokenizerJobName } from './job-objects.ts';
 
 /** One pod of a job as `parti launch status` shows it. */
 export interface JobPodStatus {
   name: string;
-  component: 'coordinator' | 'worker' | 'unknown';
+  component: 'coordinator' | 'worker' | 'tokenizer' | 'unknown';
   /** The worker's completion index (its stable identity), when it is a worker. */
   index?: number;
   phase: string;
@@ -22,10 +22,15 @@ export interface JobPodStatus {
 export interface JobStatus {
   name: string;
   namespace: string;
-  /** pending: pods not up yet; running; succeeded: the worker Job completed; failed: it failed. */
+  /**
+   * pending: pods not up yet; running; succeeded: the worker Job completed; failed: it failed.
+   * A job of only its tokenizer stage (`--stage tokenizer`) takes the tokenizer Job's.
+   */
   phase: 'pending' | 'running' | 'succeeded' | 'failed';
   coordinator: { ready: number; replicas: number; image?: string } | null;
   workers: { workers: number; active: number; ready: number; succeeded: number; failed: number; conditions: string[] } | null;
+  /** The tokenizer stage's Job (`parti launch k8s --stage tokenizer`), when there is one. */
+  tokenizer: { active: number; succeeded: number; failed: number; conditions: string[] } | null;
   pods: JobPodStatus[];
 }
 
@@ -46,18 +51,29 @@ export async function jobStatus(job: string, options: ClusterOptions = {}): Prom
   const workers = await readOrNull(cluster, `read job ${names.workers} in namespace ${namespace}`, () =>
     cluster.batch.readNamespacedJob({ name: names.workers, namespace }),
   );
+  const tokenizer = await readOrNull(cluster, `read job ${tokenizerJobName(job)} in namespace ${namespace}`, () =>
+    cluster.batch.readNamespacedJob({ name: tokenizerJobName(job), namespace }),
+  );
   const pods = await listPods(cluster, job);
-  if (!deployment && !workers && pods.length === 0) throw notFound(job, namespace);
-  return summarize(job, namespace, deployment, workers, pods);
+  if (!deployment && !workers && !tokenizer && pods.length === 0) throw notFound(job, namespace);
+  return summarize(job, namespace, deployment, workers, tokenizer, pods);
 }
 
-function summarize(name: string, namespace: string, deployment: V1Deployment | null, job: V1Job | null, pods: V1Pod[]): JobStatus {
-  const conditions = (job?.status?.conditions ?? []).filter((c) => c.status === 'True').map((c) => (c.reason ? `${c.type} (${c.reason})` : c.type));
-  const trueTypes = new Set((job?.status?.conditions ?? []).filter((c) => c.status === 'True').map((c) => c.type));
+/** The conditions of a Job that hold, as `Type (Reason)`. */
+function trueConditions(job: V1Job | null): string[] {
+  return (job?.status?.conditions ?? []).filter((c) => c.status === 'True').map((c) => (c.reason ? `${c.type} (${c.reason})` : c.type));
+}
+
+function summarize(name: string, namespace: string, deployment: V1Deployment | null, job: V1Job | null, tokenizer: V1Job | null, pods: V1Pod[]): JobStatus {
+  const conditions = trueConditions(job);
+  // Without the Parti stage's objects, the job is its tokenizer stage.
+  const decides = job ?? (deployment ? null : tokenizer);
+  const trueTypes = new Set((decides?.status?.conditions ?? []).filter((c) => c.status === 'True').map((c) => c.type));
   const podStatuses = pods.map(podStatus).sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name));
   let phase: JobStatus['phase'] = 'pending';
   if (trueTypes.has('Failed') || trueTypes.has('FailureTarget')) phase = 'failed';
   else if (trueTypes.has('Complete') || trueTypes.has('SuccessCriteriaMet')) phase = 'succeeded';
+  else if (decides === tokenizer && (tokenizer?.status?.active ?? 0) > 0) phase = 'running';
   else if ((job?.status?.active ?? 0) > 0 && (deployment?.status?.readyReplicas ?? 0) > 0) phase = 'running';
   return {
     name,
@@ -80,6 +96,14 @@ function summarize(name: string, namespace: string, deployment: V1Deployment | n
           conditions,
         }
       : null,
+    tokenizer: tokenizer
+      ? {
+          active: tokenizer.status?.active ?? 0,
+          succeeded: tokenizer.status?.succeeded ?? 0,
+          failed: tokenizer.status?.failed ?? 0,
+          conditions: trueConditions(tokenizer),
+        }
+      : null,
     pods: podStatuses,
   };
 }
@@ -90,7 +114,8 @@ function rank(pod: JobPodStatus): number {
 
 function podStatus(pod: V1Pod): JobPodStatus {
   const labels = pod.metadata?.labels ?? {};
-  const component = labels[COMPONENT_LABEL] === 'coordinator' ? 'coordinator' : labels[COMPONENT_LABEL] === 'worker' ? 'worker' : 'unknown';
+  const label = labels[COMPONENT_LABEL];
+  const component = label === 'coordinator' || label === 'worker' || label === 'tokenizer' ? label : 'unknown';
   const indexText = labels['batch.kubernetes.io/job-completion-index'] ?? pod.metadata?.annotations?.['batch.kubernetes.io/job-completion-index'];
   const containers = pod.status?.containerStatuses ?? [];
   const reasons = containers
@@ -122,6 +147,8 @@ export function formatJobStatus(status: JobStatus): string {
       ? `workers: ${w.workers} asked, ${w.active} active, ${w.ready} ready, ${w.succeeded} succeeded, ${w.failed} failed${w.conditions.length ? `; ${w.conditions.join(', ')}` : ''}`
       : 'workers: no job',
   );
+  const t = status.tokenizer;
+  if (t) lines.push(`tokenizer stage: ${t.active} active, ${t.succeeded} succeeded, ${t.failed} failed${t.conditions.length ? `; ${t.conditions.join(', ')}` : ''}`);
   if (status.pods.length) {
     const rows = [['POD', 'COMPONENT', 'INDEX', 'PHASE', 'READY', 'RESTARTS', 'NODE', 'REASON']];
     for (const p of status.pods) {
@@ -135,8 +162,8 @@ export function formatJobStatus(status: JobStatus): string {
 
 /** Which logs `parti launch logs` prints. */
 export interface JobLogsOptions extends ClusterOptions {
-  /** Only the coordinator's or only the workers' pods. */
-  component?: 'coordinator' | 'worker';
+  /** Only the coordinator's, the workers' or the tokenizer stage's pods. */
+  component?: 'coordinator' | 'worker' | 'tokenizer';
   /** Only the worker with this completion index. */
   index?: number;
   /** The last this many lines of each pod. */
