@@ -118,7 +118,7 @@ export async function applyJob(options: LaunchOptions & ClusterOptions): Promise
   const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
   // Each object but the Job: how to create it, and how to bring an existing one in line (null:
   // the ConfigMap, whose name is the hash of its content, is already as asked).
-  const steps: { kind: string; name: string; create: () => Promise<unknown>; patch: (() => Promise<unknown>) | null }[] = [
+  const steps: ApplyStep[] = [
     {
       kind: 'ConfigMap',
       name: objects.configMap.metadata!.name!,
@@ -139,26 +139,7 @@ export async function applyJob(options: LaunchOptions & ClusterOptions): Promise
     },
   ];
   const applied: AppliedObject[] = [];
-  for (const step of steps) {
-    const what = `${step.kind.toLowerCase()} ${step.name} in namespace ${namespace}`;
-    try {
-      await step.create();
-      applied.push({ kind: step.kind, name: step.name, action: 'created' });
-      continue;
-    } catch (err) {
-      if (apiStatus(err) !== 409) throw notFoundIsNamespace(clusterError(cluster, `create ${what}`, err), err, namespace);
-    }
-    if (!step.patch) {
-      applied.push({ kind: step.kind, name: step.name, action: 'unchanged' });
-      continue;
-    }
-    try {
-      await step.patch();
-    } catch (err) {
-      throw clusterError(cluster, `patch ${what}`, err);
-    }
-    applied.push({ kind: step.kind, name: step.name, action: 'configured' });
-  }
+  for (const step of steps) applied.push(await applyObject(cluster, namespace, step));
   applied.push(await applyWorkerJob(cluster, namespace, objects.workers, jobPlan));
   log.debug({ namespace, applied }, 'launch: applied');
   return { namespace, applied };
@@ -192,19 +173,44 @@ export async function applyTokenizerJob(options: LaunchOptions & ClusterOptions)
   await checkNamespace(cluster, namespace);
   await checkSecret(cluster, namespace, prepared.input.s3Secret!, 'AWS_ACCESS_KEY_ID=… --from-literal=AWS_SECRET_ACCESS_KEY=…');
   const plan = await planWorkerJob(cluster, namespace, prepared.input.name, tokenizer);
-  const applied: AppliedObject[] = [];
-  const configMapName = configMap.metadata!.name!;
-  try {
-    await cluster.core.createNamespacedConfigMap({ namespace, body: configMap });
-    applied.push({ kind: 'ConfigMap', name: configMapName, action: 'created' });
-  } catch (err) {
-    if (apiStatus(err) !== 409) throw notFoundIsNamespace(clusterError(cluster, `create configmap ${configMapName} in namespace ${namespace}`, err), err, namespace);
-    applied.push({ kind: 'ConfigMap', name: configMapName, action: 'unchanged' });
-  }
+  const applied: AppliedObject[] = [
+    await applyObject(cluster, namespace, {
+      kind: 'ConfigMap',
+      name: configMap.metadata!.name!,
+      create: () => cluster.core.createNamespacedConfigMap({ namespace, body: configMap }),
+      patch: null,
+    }),
+  ];
   // (one pod: completions and parallelism never differ, so the plan is create or unchanged)
   applied.push(await applyWorkerJob(cluster, namespace, tokenizer, plan));
   log.debug({ namespace, applied }, 'launch: tokenizer stage applied');
   return { namespace, applied, publishTo: prepared.publishTo };
+}
+
+/** How to create one object, and how to bring an existing one in line (null: it already is). */
+interface ApplyStep {
+  kind: string;
+  name: string;
+  create: () => Promise<unknown>;
+  patch: (() => Promise<unknown>) | null;
+}
+
+/** Creates the object; when it exists (409), patches it, or leaves it when there is no patch. */
+async function applyObject(cluster: Cluster, namespace: string, step: ApplyStep): Promise<AppliedObject> {
+  const what = `${step.kind.toLowerCase()} ${step.name} in namespace ${namespace}`;
+  try {
+    await step.create();
+    return { kind: step.kind, name: step.name, action: 'created' };
+  } catch (err) {
+    if (apiStatus(err) !== 409) throw notFoundIsNamespace(clusterError(cluster, `create ${what}`, err), err, namespace);
+  }
+  if (!step.patch) return { kind: step.kind, name: step.name, action: 'unchanged' };
+  try {
+    await step.patch();
+  } catch (err) {
+    throw clusterError(cluster, `patch ${what}`, err);
+  }
+  return { kind: step.kind, name: step.name, action: 'configured' };
 }
 
 type JobPlan = { kind: 'create' } | { kind: 'unchanged' } | { kind: 'scale' };

@@ -67,13 +67,14 @@ function trueConditions(job: V1Job | null): string[] {
 function summarize(name: string, namespace: string, deployment: V1Deployment | null, job: V1Job | null, tokenizer: V1Job | null, pods: V1Pod[]): JobStatus {
   const conditions = trueConditions(job);
   // Without the Parti stage's objects, the job is its tokenizer stage.
-  const decides = job ?? (deployment ? null : tokenizer);
+  const tokenizerOnly = !job && !deployment && tokenizer !== null;
+  const decides = tokenizerOnly ? tokenizer : job;
   const trueTypes = new Set((decides?.status?.conditions ?? []).filter((c) => c.status === 'True').map((c) => c.type));
   const podStatuses = pods.map(podStatus).sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name));
   let phase: JobStatus['phase'] = 'pending';
   if (trueTypes.has('Failed') || trueTypes.has('FailureTarget')) phase = 'failed';
   else if (trueTypes.has('Complete') || trueTypes.has('SuccessCriteriaMet')) phase = 'succeeded';
-  else if (decides === tokenizer && (tokenizer?.status?.active ?? 0) > 0) phase = 'running';
+  else if (tokenizerOnly && (tokenizer.status?.active ?? 0) > 0) phase = 'running';
   else if ((job?.status?.active ?? 0) > 0 && (deployment?.status?.readyReplicas ?? 0) > 0) phase = 'running';
   return {
     name,
