@@ -110,3 +110,79 @@ test('parti train fails (exit 2, the worker\'s error) when a worker cannot run i
     rmSync(cluster.dir, { recursive: true, force: true });
   }
 });
+
+test('parti train --worker-metrics-port 0: each worker serves its rank\'s /metrics, the launcher prints the URLs (again for a restarted worker)', { timeout: 90_000 }, async () => {
+  const cluster = new Cluster('launcher-metrics');
+  try {
+    const cfg = cluster.config('job', linearConfig({ workers: 2 }, { steps: 400, stepDelayMs: 10 }, { dashboard: { enabled: false } }));
+    const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2', '--worker-metrics-port', '0'], 'launcher');
+    const stderr: string[] = [];
+    launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
+    const urlsOf = (slot: number) => [...stderr.join('').matchAll(new RegExp(`^worker ${slot} metrics: (http://127\\.0\\.0\\.1:\\d+/metrics)$`, 'gm'))].map((m) => m[1]!);
+    const until = async (what: string, ok: () => boolean, ms: number) => {
+      const end = Date.now() + ms;
+      while (!ok()) {
+        assert.ok(Date.now() < end, `${what} not within ${ms} ms: ${stderr.join('').slice(-2000)}`);
+        assert.equal(launcher.proc.exitCode, null, `launcher exited early: ${stderr.join('').slice(-2000)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await until('both workers\' metrics URLs', () => urlsOf(0).length === 1 && urlsOf(1).length === 1, 60_000);
+    const scrape = async (url: string) => {
+      const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
+      assert.equal(res.status, 200, url);
+      const text = await res.text();
+      const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+      return { rank: value('parti_worker_rank'), world: value('parti_worker_world_size') };
+    };
+    // (a worker has a rank once it has joined the ring: scrape until it reports a world of 2)
+    const inRingOf2 = async (url: string) => {
+      let s = await scrape(url);
+      const end = Date.now() + 30_000;
+      while (s.world !== 2 && Date.now() < end) {
+        await new Promise((r) => setTimeout(r, 100));
+        s = await scrape(url);
+      }
+      assert.equal(s.world, 2, `${url}: world size`);
+      return s;
+    };
+    const ranks: number[] = [];
+    for (const url of [urlsOf(0)[0]!, urlsOf(1)[0]!]) ranks.push((await inRingOf2(url)).rank);
+    assert.deepEqual(ranks.sort(), [0, 1]);
+    // A restarted worker serves again, and the launcher prints where.
+    const killed = urlsOf(0)[0]!;
+    const tree = childPids(launcher.proc.pid!).filter((p) => / worker /.test(commandOf(p)) && commandOf(p).includes('parti-final-w0.bin'));
+    assert.equal(tree.length, 1, 'the worker of slot 0');
+    process.kill(tree[0]!, 'SIGKILL');
+    await until('a second URL for worker 0', () => urlsOf(0).length === 2, 30_000);
+    await inRingOf2(urlsOf(0)[1]!);
+    await assert.rejects(fetch(killed, { signal: AbortSignal.timeout(5000) }), Error, 'the killed worker\'s server is gone');
+    launcher.proc.kill('SIGINT');
+    assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
+  } finally {
+    await cluster.killAll();
+  }
+});
+
+test('parti train --worker-metrics-port: a bad port, or a run with no workers, is a usage error naming the flag', { timeout: 60_000 }, async () => {
+  const cluster = new Cluster('launcher-metrics-flag');
+  try {
+    const cfg = cluster.config('job', linearConfig({ workers: 2 }, { steps: 4 }, { dashboard: { enabled: false } }));
+    for (const [extra, message] of [
+      [['--worker-metrics-port', '70000'], /^parti: --worker-metrics-port: must be a port, 0\.\.65535 \(0 = any free\), got "70000"$/m],
+      [['--worker-metrics-port', '65535'], /^parti: --worker-metrics-port: 65535 \+ 2 workers goes past port 65535$/m],
+      [['--worker-metrics-port', '0', '--single-process'], /^parti: --worker-metrics-port: the workers serve it, and --single-process starts none$/m],
+      [['--worker-metrics-port', '0', '--stage', 'tokenizer'], /^parti: --worker-metrics-port: the workers serve it, and --stage tokenizer starts none$/m],
+    ] as const) {
+      const run = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2', ...extra], 'bad-flag');
+      const stderr: string[] = [];
+      run.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
+      const code = await Promise.race([run.exited, new Promise((r) => setTimeout(r, 30_000, 'no exit within 30 s').unref())]);
+      assert.equal(code, 2, `${extra.join(' ')}: ${stderr.join('')}`);
+      assert.match(stderr.join(''), message);
+    }
+  } finally {
+    await cluster.killAll();
+    rmSync(cluster.dir, { recursive: true, force: true });
+  }
+});

@@ -8,6 +8,7 @@ import { loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { PartiError, usageError } from '../errors.ts';
 import { parseResume } from './coordinator.ts';
+import { port } from './worker.ts';
 import type { StageName } from '../worker/single-process-trainer.ts';
 import { EXIT_FINISHED, RETRY_EXIT_CODES } from '../worker/worker-exit-code.ts';
 
@@ -69,6 +70,7 @@ interface TrainFlags {
   singleProcess?: boolean;
   resume?: 'latest' | number;
   publishTokenizer?: string;
+  workerMetricsPort?: number;
 }
 
 function intFlag(flag: string, v: string | undefined, min: number): number | undefined {
@@ -102,7 +104,14 @@ function lines(child: ChildProcess, onLine: (line: string) => void): void {
  * 127.0.0.1, started as child processes. A worker that dies is restarted; Ctrl-C checkpoints and
  * stops the job cleanly (a second Ctrl-C kills it). Returns the final parameters' file, if any.
  */
-async function runLocalJob(config: Config, runDir: string, workers: number, say: (line: string) => void, resume?: 'latest' | number): Promise<string | null> {
+async function runLocalJob(
+  config: Config,
+  runDir: string,
+  workers: number,
+  say: (line: string) => void,
+  o: { resume?: 'latest' | number; workerMetricsPort?: number } = {},
+): Promise<string | null> {
+  const { resume, workerMetricsPort } = o;
   // (not heavy(): a test-model job's launcher needs no tfjs, and it starts faster without it)
   const { jobStage } = await import('../coordinator/job.ts');
   // Children read the effective config (with --steps applied) so that all of them hash alike.
@@ -152,7 +161,13 @@ async function runLocalJob(config: Config, runDir: string, workers: number, say:
   const metrics = join(runDir, 'metrics.jsonl');
   const startWorker = (slot: number, generation: number): void => {
     const logName = `worker-${slot}${generation ? `-${generation}` : ''}`;
-    const w = start(['worker', '--coordinator', address!, '--config', configFile, '--run-dir', runDir, '--params-out', paramsFiles[slot]!, '--stop-with-parent'], logName, collectiveNodeFlags(config.collective));
+    // Worker slot i serves /metrics on the base port + i (a restarted worker takes its slot's port again).
+    const metricsFlags = workerMetricsPort === undefined ? [] : ['--metrics-port', String(workerMetricsPort === 0 ? 0 : workerMetricsPort + slot)];
+    const w = start(['worker', '--coordinator', address!, '--config', configFile, '--run-dir', runDir, '--params-out', paramsFiles[slot]!, '--stop-with-parent', ...metricsFlags], logName, collectiveNodeFlags(config.collective));
+    lines(w, (line) => {
+      const m = /^worker metrics on (\S+)/.exec(line);
+      if (m) say(`worker ${slot} metrics: ${m[1]}`);
+    });
     // The worker's own one-line error (`parti: ...`), to repeat when it makes the job stop.
     let workerError = '';
     w.stderr!.on('data', (d: Buffer) => {
@@ -316,6 +331,7 @@ export function register(program: Command): void {
     .option('--stage <stage>', 'only this stage: tokenizer, parti or upsampler')
     .option('--resume <latest|step>', 'Parti stage: resume from the newest committed checkpoint (default) or exactly this committed step', parseResume)
     .option('--single-process', 'train every stage in this process (no coordinator, no workers)')
+    .option('--worker-metrics-port <port>', 'Parti stage: worker i serves Prometheus /metrics and /healthz on 127.0.0.1:PORT+i, 0 = any free port each (printed)', port('--worker-metrics-port'))
     .option('--publish-tokenizer <url>', 'with --stage tokenizer: upload the trained tokenizer to s3://bucket/prefix or file:///dir (with SHA256SUMS) for training.tokenizerFrom')
     .action(async (opts: TrainFlags) => {
       const steps = intFlag('--steps', opts.steps, 0);
@@ -327,7 +343,15 @@ export function register(program: Command): void {
         if (opts.stage !== 'tokenizer') throw usageError('--publish-tokenizer', 'needs --stage tokenizer (it publishes the trained image tokenizer)');
         if (!/^(s3|file):\/\/./.test(opts.publishTokenizer)) throw usageError('--publish-tokenizer', `must be s3://bucket/prefix or file:///dir, got ${JSON.stringify(opts.publishTokenizer)}`);
       }
+      if (opts.workerMetricsPort !== undefined && (opts.singleProcess || (opts.stage !== undefined && opts.stage !== 'parti'))) {
+        throw usageError('--worker-metrics-port', `the workers serve it, and ${opts.singleProcess ? '--single-process' : `--stage ${opts.stage}`} starts none`);
+      }
       const config = loadConfig(opts.config);
+      const workers = workersFlag ?? config.runtime.workers;
+      const metricsPort = opts.workerMetricsPort;
+      if (metricsPort !== undefined && metricsPort > 0 && metricsPort + workers - 1 > 65535) {
+        throw usageError('--worker-metrics-port', `${metricsPort} + ${workers} workers goes past port 65535`);
+      }
       const runDir = resolve(opts.runDir);
       const stage = opts.stage as StageName | undefined;
       // The upsampler trains in this process too (it needs neither the tokenizer nor Parti).
@@ -364,9 +388,8 @@ export function register(program: Command): void {
         if (testModel) testModel.steps = steps;
         else config.training.parti.steps = steps;
       }
-      const workers = workersFlag ?? config.runtime.workers;
       config.runtime.workers = workers;
-      const paramsFile = await runLocalJob(config, runDir, workers, say, opts.resume);
+      const paramsFile = await runLocalJob(config, runDir, workers, say, { resume: opts.resume, workerMetricsPort: metricsPort });
       if (testModel) return;
       const params = await savePartiStage(config, runDir, paramsFile);
       if (params) {

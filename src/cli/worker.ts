@@ -2,7 +2,8 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load.ts';
 import { usageError } from '../errors.ts';
 
-function port(flag: string) {
+/** A commander parser for a port flag: 0..65535 (0 = any free); a usage error names the flag. */
+export function port(flag: string) {
   return (v: string): number => {
     const n = /^\d{1,5}$/.test(v) ? Number(v) : NaN;
     if (!(n <= 65535)) throw usageError(flag, `must be a port, 0..65535 (0 = any free), got ${JSON.stringify(v)}`);
