@@ -11,10 +11,11 @@
 //   (checkpoint.everySteps 1 against none, to file:// in the run directory): wall time per step,
 //   the median step time and the workers' snapshot time, alternating the two runs.
 // The frozen image tokenizer is at its initialization (throughput does not depend on its training).
-// Run: flock /tmp/parti-bench.lock npx tsx bench/scaling.ts [--steps 16] [--rounds 2] [--per-worker-batch 8,16,32]
+// Run: flock /tmp/parti-bench.lock npx tsx bench/scaling.ts [--steps 16] [--rounds 2] [--per-worker-batch 8,16,32] [--zero-stage 1]
 //      (default per-worker batch: the tiny config's own training.parti.batchSize, 16; a list prints
 //      the speedup at each size: the all-reduce and the wait for the slower rank are per step, so
-//      the share they take falls as the per-worker batch grows)
+//      the share they take falls as the per-worker batch grows; --zero-stage 1 runs the 2-worker
+//      jobs with runtime.zeroStage 1: each rank applies the optimizer to half the parameters)
 //      flock /tmp/parti-bench.lock npx tsx bench/scaling.ts --checkpoint-stall [--workers 2] [--steps 16] [--rounds 2]
 // - with --contention: why compute per step grows with 2 workers: the median compute time of one
 //   1-worker job alone, of two independent 1-worker jobs at once (no all-reduce, no shared
@@ -42,6 +43,9 @@ const PER_WORKER_LIST = (() => {
 /** The per-worker batch of the modes that take one (the first of the list). */
 const PER_WORKER = PER_WORKER_LIST[0]!;
 const WARMUP = 2;
+/** runtime.zeroStage of the jobs with more than one worker (a 1-worker job has nothing to shard). */
+const ZERO_STAGE = arg('--zero-stage', 0);
+if (ZERO_STAGE !== 0 && ZERO_STAGE !== 1) throw new Error(`--zero-stage: 0 or 1, got ${ZERO_STAGE}`);
 
 interface StepLine {
   step: number;
@@ -50,6 +54,8 @@ interface StepLine {
   stepMs: number;
   allReduceMs: number;
   computeMs: number;
+  /** the previous step's optimizer update, slowest rank */
+  optimizerMs: number;
   at: number;
 }
 
@@ -62,6 +68,7 @@ async function setup(cluster: Cluster, workers: number, steps: number, minWorker
   tiny.runtime.backend = 'wasm';
   tiny.runtime.workers = workers;
   tiny.runtime.minWorkers = minWorkers;
+  tiny.runtime.zeroStage = workers > 1 ? (ZERO_STAGE as 0 | 1) : 0;
   tiny.runtime.failureTimeoutMs = 3000;
   tiny.checkpoint.everySteps = checkpointEvery;
   tiny.checkpoint.keep = 2;
@@ -88,6 +95,7 @@ interface Throughput {
   allReduceShare: number;
   stepMs: number;
   computeMs: number;
+  optimizerMs: number;
 }
 
 /** Throughput of one job of `workers` workers (the timed steps' wall time, from the coordinator's step records). */
@@ -101,6 +109,7 @@ function jobThroughput(lines: string[], workers: number, perWorker: number): Thr
     allReduceShare: median(s.map((x) => x.allReduceMs / x.stepMs)),
     stepMs: median(s.map((x) => x.stepMs)),
     computeMs: median(s.map((x) => x.computeMs)),
+    optimizerMs: median(s.map((x) => x.optimizerMs)),
   };
 }
 
@@ -217,7 +226,7 @@ const ROUNDS = arg('--rounds', 2);
 const curve: string[] = [];
 for (const perWorker of PER_WORKER_LIST) {
   console.log(
-    `tiny config, wasm, ${perWorker} samples per worker per step${perWorker === TINY_BATCH ? " (the config's batch)" : ''}, ${STEPS} steps (first ${WARMUP} not timed); ` +
+    `tiny config, wasm, ${perWorker} samples per worker per step${perWorker === TINY_BATCH ? " (the config's batch)" : ''}, ${STEPS} steps (first ${WARMUP} not timed)${ZERO_STAGE ? ', 2 workers with ZeRO stage 1 (reduce-scatter, half the optimizer update each, all-gather)' : ''}; ` +
       `1 worker, 2 workers and two independent 1-worker jobs at once (the machine's own ceiling: they share nothing but the cores) alternate ${ROUNDS} times`,
   );
   const ones: number[] = [];
@@ -234,7 +243,7 @@ for (const perWorker of PER_WORKER_LIST) {
       console.log(
         jobs === 2
           ? `${what}: ${sum.toFixed(2)} samples/s together (${rs.map((x) => x.samplesPerSec.toFixed(2)).join(' + ')}), compute ${rs.map((x) => x.computeMs.toFixed(0)).join(' / ')} ms (median); load average ${before} -> ${load()}`
-          : `${what}: ${r.samplesPerSec.toFixed(2)} samples/s, ${r.tokensPerSec.toFixed(0)} image tokens/s, step ${r.stepMs.toFixed(0)} ms (compute ${r.computeMs.toFixed(0)} ms), all-reduce ${(r.allReduceShare * 100).toFixed(1)}% of a step (median); load average ${before} -> ${load()}`,
+          : `${what}: ${r.samplesPerSec.toFixed(2)} samples/s, ${r.tokensPerSec.toFixed(0)} image tokens/s, step ${r.stepMs.toFixed(0)} ms (compute ${r.computeMs.toFixed(0)} ms, optimizer ${r.optimizerMs.toFixed(1)} ms), all-reduce ${(r.allReduceShare * 100).toFixed(1)}% of a step (median); load average ${before} -> ${load()}`,
       );
     }
   }

@@ -9,7 +9,7 @@ import { Cluster, writeInitialTokenizer } from './orchestration-harness.ts';
 
 const STEPS = 2;
 
-async function run(workers: number): Promise<{ cluster: Cluster; losses: number[] }> {
+async function run(workers: number): Promise<{ cluster: Cluster; losses: number[]; optimizerMs: number[] }> {
   const cluster = new Cluster(`parti${workers}`);
   const tiny = loadConfig('configs/tiny.yaml');
   tiny.data.synthetic.samples = 64;
@@ -28,8 +28,8 @@ async function run(workers: number): Promise<{ cluster: Cluster; losses: number[
     const ws = Array.from({ length: workers }, (_, i) => cluster.worker(cfg, c.address, `w${i}`));
     await c.waitFor(/"done":true/, 240_000);
     for (const w of ws) assert.equal(await w.exited, 0);
-    const losses = c.lines.filter((l) => l.startsWith('{"step"')).map((l) => (JSON.parse(l) as { loss: number }).loss);
-    return { cluster, losses };
+    const summaries = c.lines.filter((l) => l.startsWith('{"step"')).map((l) => JSON.parse(l) as { loss: number; optimizerMs: number });
+    return { cluster, losses: summaries.map((x) => x.loss), optimizerMs: summaries.map((x) => x.optimizerMs) };
   } finally {
     await cluster.killAll();
   }
@@ -41,6 +41,11 @@ test('Parti tiny: 1 and 2 workers reach the same losses and parameters', { timeo
   assert.equal(one.losses.length, STEPS);
   assert.equal(two.losses.length, STEPS);
   for (let i = 0; i < STEPS; i++) assert.ok(Math.abs(one.losses[i]! - two.losses[i]!) < 1e-4 * Math.abs(one.losses[i]!), `step ${i} loss: ${one.losses[i]} vs ${two.losses[i]}`);
+  // Each step's summary carries the previous update's optimizer time (none before the first).
+  for (const r of [one, two]) {
+    assert.equal(r.optimizerMs[0], 0);
+    assert.ok(r.optimizerMs[1]! > 0, `step 1 summary: optimizerMs ${r.optimizerMs[1]}`);
+  }
   const a = one.cluster.params('w0');
   const b = two.cluster.params('w0');
   assert.deepEqual(b, two.cluster.params('w1'), 'both ranks hold bitwise the same parameters');

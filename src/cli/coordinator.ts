@@ -61,7 +61,7 @@ export function register(program: Command): void {
         onListening: (address) => process.stdout.write(`coordinator listening on ${address}\n`),
         onStep: (s) =>
           process.stdout.write(
-            `${JSON.stringify({ step: s.step, loss: s.loss, worldSize: s.worldSize, skipped: s.skipped, stepMs: Math.round(s.stepMs), allReduceMs: Math.round(s.allReduceMs), computeMs: Math.round(s.computeMs), optimizerStateBytes: s.optimizerStateBytes, at: s.committedAt })}\n`,
+            `${JSON.stringify({ step: s.step, loss: s.loss, worldSize: s.worldSize, skipped: s.skipped, stepMs: Math.round(s.stepMs), allReduceMs: Math.round(s.allReduceMs), computeMs: Math.round(s.computeMs), optimizerMs: Math.round(s.optimizerMs * 10) / 10, optimizerStateBytes: s.optimizerStateBytes, at: s.committedAt })}\n`,
           ),
       });
       if (o.whenFinished === 'serve') process.stdout.write(`${JSON.stringify({ served: true, step: result.step })}\n`);

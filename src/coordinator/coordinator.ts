@@ -150,6 +150,11 @@ export interface StepSummary {
    * reason (the reader's bad-sample policy: e.g. 'decode', 'truncated'); {} when none.
    */
   skippedSamples: Record<string, number>;
+  /**
+   * The slowest rank's optimizer update (with ZeRO stage 1, and its all-gather) of the step
+   * before this one: this step's update runs after the commit this summary announces. 0 for a
+   * rank's first step.
+   */
   optimizerMs: number;
   /** Wall time from sending the step to the last REDUCED report (ms). */
   stepMs: number;

@@ -190,6 +190,8 @@ export class WorkerRuntime {
   private stopFinished: boolean | undefined = undefined;
   private leaving = false;
   private applied = 0;
+  /** The optimizer time of the last update this worker applied (sent with the next REDUCED report). */
+  private lastOptimizerMs = 0;
   private log = rootLog.child({ role: 'worker' });
   /** Bytes of optimizer state of `optimizer` (for reports; its range is fixed, so computed once). */
   private optimizerStateBytes = 0;
@@ -629,6 +631,8 @@ export class WorkerRuntime {
       skippedSamples,
       // the rate the commit applies (the coordinator's step summary reads REDUCED reports)
       learningRate: this.optimizer?.learningRate?.(s.step) ?? 0,
+      // (and so the previous update's time: this step's update comes after the commit)
+      optimizerMs: this.lastOptimizerMs,
     });
   }
 
@@ -655,7 +659,8 @@ export class WorkerRuntime {
     this.applied += 1;
     this.pristine = false;
     this.state = 'idle';
-    void this.report({ kind: 'APPLIED', epoch, step, optimizerMs: performance.now() - t0, learningRate: lr, nonFinite: pending.nonFinite }).catch(() => {});
+    this.lastOptimizerMs = performance.now() - t0;
+    void this.report({ kind: 'APPLIED', epoch, step, optimizerMs: this.lastOptimizerMs, learningRate: lr, nonFinite: pending.nonFinite }).catch(() => {});
   }
 
   /**
