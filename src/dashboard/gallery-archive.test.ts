@@ -137,6 +137,32 @@ test('an item whose PNG is missing or cut short is skipped (the key named); the 
   }
 });
 
+test('a PNG of the right size but damaged, or not of the size the index gives, is skipped (the key and why named)', async () => {
+  const { store, dir } = newStore();
+  try {
+    const data = samples(10, ['ab', 'cd', 'ef']);
+    // the third image claims 9 x 9 pixels in the index, its PNG holds 8 x 8
+    data[2] = { ...data[2]!, width: 9, height: 9 };
+    await saveGalleryStep(store, 10, data, { configHash: HASH, time: 10 });
+    const keys = (await store.list('gallery/')).map((o) => o.key);
+    const attention = keys.find((k) => k.endsWith('/0-a1.png'))!;
+    const bytes = Buffer.from(data[0]!.attention[1]!.png);
+    // one byte of the image data chunk's CRC flipped: same size, same magic, intact pixels
+    const idat = bytes.indexOf('IDAT');
+    const crc = idat + 4 + bytes.readUInt32BE(idat - 4);
+    bytes[crc] = bytes[crc]! ^ 0xff;
+    writeFileSync(join(dir, attention), bytes);
+    const r = await loadGallery(store, { keep: 48, configHash: HASH });
+    assert.deepEqual(r.samples.map((s) => s.prompt), ['cd']);
+    const image = keys.find((k) => k.endsWith('/2.png'))!;
+    assert.deepEqual(r.skipped.map((s) => s.key), [attention, image]);
+    assert.match(r.skipped[0]!.reason, /^not a valid PNG: \S/);
+    assert.equal(r.skipped[1]!.reason, '8 x 8 pixels, the index says 9 x 9');
+  } finally {
+    await store.close();
+  }
+});
+
 test('a step saved again replaces its samples and pruning removes the PNGs of the older save', async () => {
   const { store } = newStore();
   try {

@@ -24,6 +24,7 @@
  * dashboard still shows the same items.
  */
 import { randomBytes } from 'node:crypto';
+import { PNG } from 'pngjs';
 import { z } from 'zod';
 import { log } from '../observability/log.ts';
 import type { TrainingMetrics } from '../observability/metrics.ts';
@@ -274,9 +275,21 @@ async function readStep(
       continue;
     }
     try {
-      const pngs = await Promise.all(itemRefs(item).map(async (r) => {
+      const pngs = await Promise.all(itemRefs(item).map(async (r, j) => {
         const bytes = await store.get(folder + r.name, { signal });
-        if (bytes.length !== r.size || !bytes.subarray(0, 8).equals(PNG_MAGIC)) throw Object.assign(new Error('not a PNG of the size the index says'), { key: folder + r.name });
+        const bad = (reason: string) => Object.assign(new Error(reason), { key: folder + r.name });
+        if (bytes.length !== r.size || !bytes.subarray(0, 8).equals(PNG_MAGIC)) throw bad('not a PNG of the size the index says');
+        // Decoded, so that a damaged one of the right size (a chunk's CRC, the zlib stream) is
+        // skipped here rather than shown broken on the page; the image must have the index's size.
+        let decoded: PNG;
+        try {
+          decoded = PNG.sync.read(bytes);
+        } catch (err) {
+          throw bad(`not a valid PNG: ${(err as Error).message}`);
+        }
+        if (j === 0 && ((item.width !== undefined && decoded.width !== item.width) || (item.height !== undefined && decoded.height !== item.height))) {
+          throw bad(`${decoded.width} x ${decoded.height} pixels, the index says ${item.width ?? '?'} x ${item.height ?? '?'}`);
+        }
         return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       }));
       items.push({
