@@ -146,7 +146,7 @@ test('a PNG of the right size but damaged, or not of the size the index gives, i
     await saveGalleryStep(store, 10, data, { configHash: HASH, time: 10 });
     const keys = (await store.list('gallery/')).map((o) => o.key);
     const attention = keys.find((k) => k.endsWith('/0-a1.png'))!;
-    const bytes = Buffer.from(data[0]!.attention[1]!.png);
+    const bytes = Buffer.from(data[0]!.attention![1]!.png);
     // one byte of the image data chunk's CRC flipped: same size, same magic, intact pixels
     const idat = bytes.indexOf('IDAT');
     const crc = idat + 4 + bytes.readUInt32BE(idat - 4);
