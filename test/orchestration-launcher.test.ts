@@ -7,7 +7,8 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { Cluster, linearConfig } from './orchestration-harness.ts';
+import { Cluster, linearConfig, type Child } from './orchestration-harness.ts';
+import { scrapeUntil } from './helpers/prometheus-scrape.ts';
 
 function childPids(pid: number): number[] {
   try {
@@ -25,24 +26,32 @@ function commandOf(pid: number): string {
   }
 }
 
+/** The launcher's stderr so far, and a wait (with a deadline, failing if the launcher exits) until `ok` holds for it. */
+function watchStderr(launcher: Child): { text: () => string; until: (what: string, ok: (text: string) => boolean, ms: number) => Promise<void> } {
+  const chunks: string[] = [];
+  launcher.proc.stderr!.on('data', (d: Buffer) => chunks.push(d.toString()));
+  const text = () => chunks.join('');
+  const until = async (what: string, ok: (text: string) => boolean, ms: number) => {
+    const end = Date.now() + ms;
+    while (!ok(text())) {
+      assert.ok(Date.now() < end, `launcher did not print ${what} within ${ms} ms: ${text().slice(-2000)}`);
+      assert.equal(launcher.proc.exitCode, null, `launcher exited early: ${text().slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  return { text, until };
+}
+
 test('parti train --workers 2: a dead worker is restarted; SIGINT checkpoints and stops cleanly', { timeout: 120_000 }, async () => {
   const cluster = new Cluster('launcher');
   let tree: number[] = [];
   try {
     const cfg = cluster.config('job', linearConfig({ workers: 2 }, { steps: 400, stepDelayMs: 10 }, { checkpoint: { everySteps: 0, keep: 2, atEnd: true }, dashboard: { port: 0 } }));
     const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2'], 'launcher');
-    const stderr: string[] = [];
-    launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
-    const waitErr = async (re: RegExp, ms: number) => {
-      const until = Date.now() + ms;
-      while (!re.test(stderr.join(''))) {
-        assert.ok(Date.now() < until, `launcher did not print ${re} within ${ms} ms: ${stderr.join('').slice(-2000)}`);
-        assert.equal(launcher.proc.exitCode, null, `launcher exited early: ${stderr.join('').slice(-2000)}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
+    const out = watchStderr(launcher);
+    const waitErr = (re: RegExp, ms: number) => out.until(String(re), (t) => re.test(t), ms);
     await waitErr(/parti step +10\//, 60_000);
-    assert.match(stderr.join(''), /dashboard: http:\/\/127\.0\.0\.1:\d+/);
+    assert.match(out.text(), /dashboard: http:\/\/127\.0\.0\.1:\d+/);
     tree = childPids(launcher.proc.pid!);
     const workers = tree.filter((p) => / worker /.test(commandOf(p)));
     assert.equal(workers.length, 2, 'two worker processes');
@@ -55,18 +64,18 @@ test('parti train --workers 2: a dead worker is restarted; SIGINT checkpoints an
     assert.ok(survivor, 'the worker that was not killed');
     process.kill(survivor, 'SIGTERM');
     await waitErr(/worker \d left before the end \(exit 143\); starting it again/, 30_000);
-    assert.doesNotMatch(stderr.join(''), /giving up/);
+    assert.doesNotMatch(out.text(), /giving up/);
     await new Promise((r) => setTimeout(r, 2000));
     tree = childPids(launcher.proc.pid!);
     await waitErr(/parti step +(2\d|[3-9]\d)\//, 60_000);
     launcher.proc.kill('SIGINT');
     await waitErr(/stopping: checkpoint/, 10_000);
-    assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
+    assert.equal(await launcher.exited, 0, out.text().slice(-2000));
     // Checkpoints are off but for changes that need one: the preempted worker took the job below
     // its minimum (a checkpoint before it waits), and the stop (a checkpoint at the last step).
     const steps = readdirSync(join(cluster.dir, 'run', 'checkpoints', 'manifests')).map((f) => Number(f.replace(/\.json$/, ''))).sort((a, b) => a - b);
     assert.ok(steps.length >= 1 && steps.length <= 2, `checkpoints committed: ${steps}`);
-    const stoppedAt = Math.max(...[...stderr.join('').matchAll(/parti step +(\d+)\//g)].map((m) => Number(m[1])));
+    const stoppedAt = Math.max(...[...out.text().matchAll(/parti step +(\d+)\//g)].map((m) => Number(m[1])));
     assert.ok(steps.at(-1)! >= stoppedAt, `the stop committed a checkpoint at or after the last step printed (${stoppedAt}): ${steps}`);
     assert.equal(childPids(launcher.proc.pid!).length, 0);
   } finally {
@@ -97,10 +106,9 @@ test('parti train fails (exit 2, the worker\'s error) when a worker cannot run i
     const port = await freePort();
     const cfg = cluster.config('job', linearConfig({ workers: 2, workerPort: port }, { steps: 400, stepDelayMs: 10 }, { dashboard: { enabled: false } }));
     const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2'], 'launcher');
-    const stderr: string[] = [];
-    launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
+    const out = watchStderr(launcher);
     const code = await Promise.race([launcher.exited, new Promise((r) => setTimeout(r, 60_000, 'no exit within 60 s').unref())]);
-    const text = stderr.join('');
+    const text = out.text();
     assert.match(text, /worker \d failed with a config or usage error \(exit 2; see .*worker-\d\.log\); stopping the job/);
     // Not reported as a trained job: one line with the worker's own error, exit 2 like the worker.
     assert.equal(code, 2, text.slice(-2000));
@@ -116,49 +124,24 @@ test('parti train --worker-metrics-port 0: each worker serves its rank\'s /metri
   try {
     const cfg = cluster.config('job', linearConfig({ workers: 2 }, { steps: 400, stepDelayMs: 10 }, { dashboard: { enabled: false } }));
     const launcher = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2', '--worker-metrics-port', '0'], 'launcher');
-    const stderr: string[] = [];
-    launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
-    const urlsOf = (slot: number) => [...stderr.join('').matchAll(new RegExp(`^worker ${slot} metrics: (http://127\\.0\\.0\\.1:\\d+/metrics)$`, 'gm'))].map((m) => m[1]!);
-    const until = async (what: string, ok: () => boolean, ms: number) => {
-      const end = Date.now() + ms;
-      while (!ok()) {
-        assert.ok(Date.now() < end, `${what} not within ${ms} ms: ${stderr.join('').slice(-2000)}`);
-        assert.equal(launcher.proc.exitCode, null, `launcher exited early: ${stderr.join('').slice(-2000)}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
-    await until('both workers\' metrics URLs', () => urlsOf(0).length === 1 && urlsOf(1).length === 1, 60_000);
-    const scrape = async (url: string) => {
-      const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
-      assert.equal(res.status, 200, url);
-      const text = await res.text();
-      const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
-      return { rank: value('parti_worker_rank'), world: value('parti_worker_world_size') };
-    };
+    const out = watchStderr(launcher);
+    const urlsOf = (slot: number) => [...out.text().matchAll(new RegExp(`^worker ${slot} metrics: (http://127\\.0\\.0\\.1:\\d+/metrics)$`, 'gm'))].map((m) => m[1]!);
+    await out.until('both workers\' metrics URLs', () => urlsOf(0).length === 1 && urlsOf(1).length === 1, 60_000);
     // (a worker has a rank once it has joined the ring: scrape until it reports a world of 2)
-    const inRingOf2 = async (url: string) => {
-      let s = await scrape(url);
-      const end = Date.now() + 30_000;
-      while (s.world !== 2 && Date.now() < end) {
-        await new Promise((r) => setTimeout(r, 100));
-        s = await scrape(url);
-      }
-      assert.equal(s.world, 2, `${url}: world size`);
-      return s;
-    };
+    const inRingOf2 = (url: string) => scrapeUntil(url, (m) => m.get('parti_worker_world_size') === 2, 30_000, 'a world size of 2');
     const ranks: number[] = [];
-    for (const url of [urlsOf(0)[0]!, urlsOf(1)[0]!]) ranks.push((await inRingOf2(url)).rank);
+    for (const url of [urlsOf(0)[0]!, urlsOf(1)[0]!]) ranks.push((await inRingOf2(url)).get('parti_worker_rank')!);
     assert.deepEqual(ranks.sort(), [0, 1]);
     // A restarted worker serves again, and the launcher prints where.
     const killed = urlsOf(0)[0]!;
     const tree = childPids(launcher.proc.pid!).filter((p) => / worker /.test(commandOf(p)) && commandOf(p).includes('parti-final-w0.bin'));
     assert.equal(tree.length, 1, 'the worker of slot 0');
     process.kill(tree[0]!, 'SIGKILL');
-    await until('a second URL for worker 0', () => urlsOf(0).length === 2, 30_000);
+    await out.until('a second URL for worker 0', () => urlsOf(0).length === 2, 30_000);
     await inRingOf2(urlsOf(0)[1]!);
     await assert.rejects(fetch(killed, { signal: AbortSignal.timeout(5000) }), Error, 'the killed worker\'s server is gone');
     launcher.proc.kill('SIGINT');
-    assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
+    assert.equal(await launcher.exited, 0, out.text().slice(-2000));
   } finally {
     await cluster.killAll();
   }
@@ -175,11 +158,10 @@ test('parti train --worker-metrics-port: a bad port, or a run with no workers, i
       [['--worker-metrics-port', '0', '--stage', 'tokenizer'], /^parti: --worker-metrics-port: the workers serve it, and --stage tokenizer starts none$/m],
     ] as const) {
       const run = cluster.spawn(['train', '--config', cfg, '--run-dir', join(cluster.dir, 'run'), '--workers', '2', ...extra], 'bad-flag');
-      const stderr: string[] = [];
-      run.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
+      const out = watchStderr(run);
       const code = await Promise.race([run.exited, new Promise((r) => setTimeout(r, 30_000, 'no exit within 30 s').unref())]);
-      assert.equal(code, 2, `${extra.join(' ')}: ${stderr.join('')}`);
-      assert.match(stderr.join(''), message);
+      assert.equal(code, 2, `${extra.join(' ')}: ${out.text()}`);
+      assert.match(out.text(), message);
     }
   } finally {
     await cluster.killAll();

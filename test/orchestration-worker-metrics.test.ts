@@ -9,42 +9,13 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Cluster, linearConfig } from './orchestration-harness.ts';
+import { get, scrapeUntil } from './helpers/prometheus-scrape.ts';
 
 /** `p`, or a rejection naming `what` after `ms`. */
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms)));
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
-}
-
-/** The sample values of a Prometheus text page, by series (`name` or `name{labels}`). */
-function samples(text: string): Map<string, number> {
-  const m = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const i = line.lastIndexOf(' ');
-    m.set(line.slice(0, i), Number(line.slice(i + 1)));
-  }
-  return m;
-}
-
-async function get(url: string): Promise<{ status: number; type: string | null; body: string }> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
-  return { status: res.status, type: res.headers.get('content-type'), body: await res.text() };
-}
-
-/** Scrapes `url` until `ready` holds for its samples; fails after `ms`. */
-async function scrapeUntil(url: string, ready: (s: Map<string, number>) => boolean, ms: number, what: string): Promise<Map<string, number>> {
-  const until = Date.now() + ms;
-  let last = new Map<string, number>();
-  while (Date.now() < until) {
-    const page = await get(url);
-    assert.equal(page.status, 200);
-    last = samples(page.body);
-    if (ready(last)) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${url}: ${what} not seen within ${ms} ms (step ${last.get('parti_worker_step')})`);
 }
 
 test('each worker serves its rank\'s /metrics while it trains; /healthz 200, other paths 404; the servers close when the workers exit', { timeout: 90_000 }, async () => {
