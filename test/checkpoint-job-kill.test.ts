@@ -8,11 +8,10 @@
 //   parameters within tolerance of the uninterrupted 2-worker run.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Cluster, checkExactlyOnce, linearConfig, type Child } from './orchestration-harness.ts';
+import { childPids, Cluster, checkExactlyOnce, linearConfig, type Child } from './orchestration-harness.ts';
 import { readLedger } from '../src/coordinator/ledger.ts';
 import { configHash, parseConfig } from '../src/config/load.ts';
 import { openStore } from '../src/storage/open-store.ts';
@@ -45,14 +44,6 @@ after(async () => {
   await waitUntil(() => orphans.every((p) => !alive(p)), 10_000, 'the orphaned coordinator and workers gone').catch(() => {});
   rmSync(cluster.dir, { recursive: true, force: true });
 });
-
-function childPids(pid: number): number[] {
-  try {
-    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 
 function alive(pid: number): boolean {
   try {

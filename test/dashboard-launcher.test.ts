@@ -6,10 +6,9 @@
 // Screenshots go to test-artifacts/.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Cluster, freePort, linearConfig } from './orchestration-harness.ts';
+import { childPids, Cluster, commandOf, freePort, linearConfig, watchStderr } from './orchestration-harness.ts';
 import { overviewResponseSchema } from '../src/dashboard/api-schema.ts';
 import { launchChromium } from './helpers/chromium.ts';
 
@@ -18,26 +17,10 @@ after(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
 });
 
-function childPids(pid: number): number[] {
-  try {
-    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
 function descendants(pid: number): number[] {
   const out: number[] = [];
   for (const c of childPids(pid)) out.push(c, ...descendants(c));
   return out;
-}
-
-function commandOf(pid: number): string {
-  try {
-    return execFileSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' });
-  } catch {
-    return '';
-  }
 }
 
 const STEPS = 30;
@@ -61,16 +44,10 @@ test('Chromium watches `parti train --workers 2` through a worker SIGKILL and re
     }
     await cluster.killAll();
   });
-  const stderr: string[] = [];
-  launcher.proc.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
-  const deadline = Date.now() + 60_000;
-  let url: string | undefined;
-  while (!url) {
-    url = /dashboard: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(stderr.join(''))?.[1];
-    assert.ok(Date.now() < deadline, `the launcher printed no dashboard URL: ${stderr.join('').slice(-2000)}`);
-    assert.equal(launcher.proc.exitCode, null, `the launcher exited: ${stderr.join('').slice(-2000)}`);
-    if (!url) await new Promise((r) => setTimeout(r, 100));
-  }
+  const out = watchStderr(launcher);
+  const urlOf = (text: string) => /dashboard: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(text)?.[1];
+  await out.until('a dashboard URL', (t) => urlOf(t) !== undefined, 60_000);
+  const url = urlOf(out.text());
   assert.equal(url, `http://127.0.0.1:${port}/`, 'the dashboard listens on the configured port');
 
   const browser = await launchChromium({ width: 1400, height: 1000 });
@@ -119,6 +96,6 @@ test('Chromium watches `parti train --workers 2` through a worker SIGKILL and re
   assert.equal(await page.locator('#gallery figure.sample').count(), 0);
   assert.equal(await page.locator('#events li', { hasText: 'gallery' }).count(), 0);
   await page.screenshot({ path: join('test-artifacts', 'dashboard-launcher-finished.png'), fullPage: true });
-  assert.equal(await launcher.exited, 0, stderr.join('').slice(-2000));
+  assert.equal(await launcher.exited, 0, out.text().slice(-2000));
   assert.deepEqual(errors, []);
 });

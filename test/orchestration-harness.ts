@@ -1,6 +1,7 @@
 // Helpers of the multi-process orchestration tests: real `parti coordinator` and `parti worker`
 // processes on 127.0.0.1, every wait with a deadline, every child killed at the end.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import assert from 'node:assert/strict';
 import { createWriteStream, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -120,6 +121,40 @@ export class Cluster {
     const file = join(this.dir, `${name}.yaml`);
     writeFileSync(file, stringify(config));
     return file;
+  }
+}
+
+/** A child's stderr so far, and a wait (with a deadline, failing if the child exits) until `ok` holds for it. */
+export function watchStderr(child: Child): { text: () => string; until: (what: string, ok: (text: string) => boolean, ms: number) => Promise<void> } {
+  const chunks: string[] = [];
+  child.proc.stderr!.on('data', (d: Buffer) => chunks.push(d.toString()));
+  const text = () => chunks.join('');
+  const until = async (what: string, ok: (text: string) => boolean, ms: number) => {
+    const end = Date.now() + ms;
+    while (!ok(text())) {
+      assert.ok(Date.now() < end, `${child.name} did not print ${what} within ${ms} ms: ${text().slice(-2000)}`);
+      assert.equal(child.proc.exitCode, null, `${child.name} exited early: ${text().slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  return { text, until };
+}
+
+/** The direct child processes of `pid` (none once it has exited). */
+export function childPids(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** The command line of `pid`, or '' when it is gone. */
+export function commandOf(pid: number): string {
+  try {
+    return execFileSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' });
+  } catch {
+    return '';
   }
 }
 

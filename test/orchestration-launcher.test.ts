@@ -3,44 +3,10 @@
 // 143), and on Ctrl-C (SIGINT) checkpoints and stops everything cleanly. The linear test model keeps it fast.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { Cluster, linearConfig, type Child } from './orchestration-harness.ts';
+import { childPids, Cluster, commandOf, freePort, linearConfig, watchStderr } from './orchestration-harness.ts';
 import { scrapeUntil } from './helpers/prometheus-scrape.ts';
-
-function childPids(pid: number): number[] {
-  try {
-    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
-function commandOf(pid: number): string {
-  try {
-    return execFileSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' });
-  } catch {
-    return '';
-  }
-}
-
-/** The launcher's stderr so far, and a wait (with a deadline, failing if the launcher exits) until `ok` holds for it. */
-function watchStderr(launcher: Child): { text: () => string; until: (what: string, ok: (text: string) => boolean, ms: number) => Promise<void> } {
-  const chunks: string[] = [];
-  launcher.proc.stderr!.on('data', (d: Buffer) => chunks.push(d.toString()));
-  const text = () => chunks.join('');
-  const until = async (what: string, ok: (text: string) => boolean, ms: number) => {
-    const end = Date.now() + ms;
-    while (!ok(text())) {
-      assert.ok(Date.now() < end, `launcher did not print ${what} within ${ms} ms: ${text().slice(-2000)}`);
-      assert.equal(launcher.proc.exitCode, null, `launcher exited early: ${text().slice(-2000)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
-  return { text, until };
-}
 
 test('parti train --workers 2: a dead worker is restarted; SIGINT checkpoints and stops cleanly', { timeout: 120_000 }, async () => {
   const cluster = new Cluster('launcher');
@@ -89,15 +55,6 @@ test('parti train --workers 2: a dead worker is restarted; SIGINT checkpoints an
     await cluster.killAll();
   }
 });
-
-/** A TCP port nothing listens on now. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 test('parti train fails (exit 2, the worker\'s error) when a worker cannot run its config and the job is stopped', { timeout: 90_000 }, async () => {
   const cluster = new Cluster('launcher-bad-worker');
