@@ -63,6 +63,62 @@ test('top-p keeps the smallest set of codes reaching p', () => {
   assert.ok(Math.abs(ones / 4000 - 0.375) < 0.03, `${ones / 4000}`);
 });
 
+/** The module comment's steps 1-5, literally: sort by (w desc, code asc) with a comparator. */
+function chooseTokenBySteps(z: Float64Array, s: { temperature: number; topK: number; topP: number }, u: number): number {
+  const V = z.length;
+  const byValue = (x: Float64Array) => (a: number, b: number) => x[b]! - x[a]! || a - b;
+  const zt = z.map((x) => x / s.temperature);
+  let kept = Array.from({ length: V }, (_, v) => v);
+  if (s.topK > 0 && s.topK < V) kept = [...kept].sort(byValue(zt)).slice(0, s.topK).sort((a, b) => a - b);
+  const max = Math.max(...kept.map((v) => zt[v]!));
+  const w = new Float64Array(V);
+  let total = 0;
+  for (const v of kept) total += w[v] = Math.exp(zt[v]! - max);
+  if (s.topP < 1) {
+    const ordered = [...kept].sort(byValue(w));
+    let acc = 0;
+    let n = 0;
+    while (n < ordered.length) {
+      acc += w[ordered[n]!]!;
+      n++;
+      if (acc >= s.topP * total) break;
+    }
+    kept = ordered.slice(0, n).sort((a, b) => a - b);
+    total = 0;
+    for (const v of kept) total += w[v]!;
+  }
+  let acc = 0;
+  for (const v of kept) {
+    acc += w[v]!;
+    if (u * total < acc) return v;
+  }
+  return kept[kept.length - 1]!;
+}
+
+test('chooseToken draws what the module comment\'s steps draw, with many tied logits', () => {
+  // Logits on a coarse grid, so that top-k and top-p cut through runs of equal values.
+  const settings = [
+    { temperature: 1, topK: 0, topP: 1 },
+    { temperature: 1, topK: 5, topP: 1 },
+    { temperature: 0.7, topK: 0, topP: 0.9 },
+    { temperature: 1, topK: 0, topP: 0.5 },
+    { temperature: 1.3, topK: 12, topP: 0.8 },
+    { temperature: 1, topK: 1, topP: 0.3 },
+  ];
+  let cases = 0;
+  for (let r = 0; r < 60; r++) {
+    const V = 8 + (r % 7) * 9;
+    const z = Float64Array.from({ length: V }, (_, v) => Math.round(samplerUniform(r, v, 1, 2) * 4) - 2);
+    for (const s of settings)
+      for (let t = 0; t < 12; t++) {
+        const u = samplerUniform(r, 0, 0, t);
+        assert.equal(chooseToken(z.slice(), s, u), chooseTokenBySteps(z, s, u), `row ${r}, ${JSON.stringify(s)}, u ${u}`);
+        cases++;
+      }
+  }
+  assert.equal(cases, 60 * 6 * 12);
+});
+
 test('classifier-free guidance: uncond + scale * (cond - uncond)', () => {
   const out = guidedLogits([1, 2, 3], [0.5, 2, 4], 3, new Float64Array(3));
   assert.deepEqual([...out], [2, 2, 1]);

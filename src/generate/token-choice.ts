@@ -61,10 +61,39 @@ export function guidedLogits(cond: ArrayLike<number>, uncond: ArrayLike<number> 
   return out;
 }
 
-/** Codes ordered by value descending, ties by code ascending. */
-function orderDescending(values: Float64Array, codes: Int32Array): Int32Array {
-  return codes.slice().sort((a, b) => values[b]! - values[a]! || a - b);
+/**
+ * The first n of `codes` (ascending) in the order value descending, ties by code ascending,
+ * returned in ascending code order. Sorting the values alone (a native numeric sort, no
+ * comparator) finds the n-th largest value t; the result is every code above t and the smallest
+ * codes equal to t, which is exactly that prefix.
+ */
+function firstByValue(values: Float64Array, codes: Int32Array, n: number, sorted: Float64Array): Int32Array {
+  const t = sorted[sorted.length - n]!;
+  let above = 0;
+  for (const v of codes) if (values[v]! > t) above++;
+  let ties = n - above;
+  const out = new Int32Array(n);
+  let i = 0;
+  for (const v of codes) {
+    const x = values[v]!;
+    if (x > t || (x === t && ties-- > 0)) out[i++] = v;
+  }
+  return out;
 }
+
+/** The values of `codes`, sorted ascending. */
+function sortedValues(values: Float64Array, codes: Int32Array | null): Float64Array {
+  if (!codes) return values.slice().sort();
+  const out = new Float64Array(codes.length);
+  codes.forEach((v, i) => (out[i] = values[v]!));
+  return out.sort();
+}
+
+const allCodes = (V: number) => {
+  const codes = new Int32Array(V);
+  for (let v = 0; v < V; v++) codes[v] = v;
+  return codes;
+};
 
 /**
  * Chooses a code from float64 logits `z` (modified in place: divided by the temperature) with the
@@ -75,11 +104,7 @@ export function chooseToken(z: Float64Array, settings: TokenChoiceSettings, u: n
   const invT = 1 / settings.temperature;
   for (let v = 0; v < V; v++) z[v] = z[v]! * invT;
   let kept: Int32Array | null = null;
-  if (settings.topK > 0 && settings.topK < V) {
-    const all = new Int32Array(V);
-    for (let v = 0; v < V; v++) all[v] = v;
-    kept = orderDescending(z, all).subarray(0, settings.topK).sort();
-  }
+  if (settings.topK > 0 && settings.topK < V) kept = firstByValue(z, allCodes(V), settings.topK, sortedValues(z, null));
   let max = -Infinity;
   if (kept) for (const v of kept) max = Math.max(max, z[v]!);
   else for (let v = 0; v < V; v++) max = Math.max(max, z[v]!);
@@ -88,21 +113,17 @@ export function chooseToken(z: Float64Array, settings: TokenChoiceSettings, u: n
   if (kept) for (const v of kept) total += w[v] = Math.exp(z[v]! - max);
   else for (let v = 0; v < V; v++) total += w[v] = Math.exp(z[v]! - max);
   if (settings.topP < 1) {
-    let codes = kept;
-    if (!codes) {
-      codes = new Int32Array(V);
-      for (let v = 0; v < V; v++) codes[v] = v;
-    }
-    const ordered = orderDescending(w, codes);
+    // Running sum of w from the largest down (step 4): sorted ascending, so walk from the end.
+    const sorted = sortedValues(w, kept);
     const goal = settings.topP * total;
     let acc = 0;
     let n = 0;
-    while (n < ordered.length) {
-      acc += w[ordered[n]!]!;
+    while (n < sorted.length) {
+      acc += sorted[sorted.length - 1 - n]!;
       n++;
       if (acc >= goal) break;
     }
-    kept = ordered.subarray(0, n).sort();
+    kept = firstByValue(w, kept ?? allCodes(V), n, sorted);
     total = 0;
     for (const v of kept) total += w[v]!;
   }
