@@ -119,6 +119,16 @@ test('chooseToken draws what the module comment\'s steps draw, with many tied lo
   assert.equal(cases, 60 * 6 * 12);
 });
 
+test('non-finite logits (a diverged model) are a clear error, not a silent draw', () => {
+  for (const bad of [NaN, Infinity, -NaN])
+    for (const s of [ALL, { ...ALL, topP: 0.9 }, { ...ALL, topK: 2 }]) {
+      const z = Float64Array.from([0.5, bad, 1, 2]);
+      assert.throws(() => chooseToken(z, s, 0.5), { name: 'PartiError', message: /logit for code 1 is (NaN|Infinity)/ }, `${bad} ${JSON.stringify(s)}`);
+    }
+  // -Infinity is a code with probability 0, which is fine.
+  assert.equal(chooseToken(Float64Array.from([-Infinity, 0]), ALL, 0.99), 1);
+});
+
 test('classifier-free guidance: uncond + scale * (cond - uncond)', () => {
   const out = guidedLogits([1, 2, 3], [0.5, 2, 4], 3, new Float64Array(3));
   assert.deepEqual([...out], [2, 2, 1]);

@@ -1,3 +1,4 @@
+import { PartiError } from '../errors.ts';
 import { hashInts, hashName } from '../model/rng.ts';
 
 /**
@@ -14,7 +15,7 @@ import { hashInts, hashName } from '../model/rng.ts';
  *
  * chooseToken, step by step (sums of kept weights run in ascending code order, except the
  * running sum of step 4):
- *   1. z[v] /= temperature.
+ *   1. z[v] /= temperature. A NaN or +Infinity logit is an error (PartiError 'checkpoint').
  *   2. top-k (k > 0 and k < V): keep the k codes with the largest z (ties: smaller code first).
  *   3. w[v] = exp(z[v] - max kept z).
  *   4. top-p (p < 1): order the kept codes by w descending (ties: smaller code first); keep the
@@ -102,7 +103,12 @@ const allCodes = (V: number) => {
 export function chooseToken(z: Float64Array, settings: TokenChoiceSettings, u: number): number {
   const V = z.length;
   const invT = 1 / settings.temperature;
-  for (let v = 0; v < V; v++) z[v] = z[v]! * invT;
+  for (let v = 0; v < V; v++) {
+    const x = (z[v] = z[v]! * invT);
+    // NaN or +Infinity (a diverged model) would otherwise be drawn silently as some fixed code;
+    // -Infinity is a code of probability 0.
+    if (x !== x || x === Infinity) throw new PartiError('checkpoint', `sampler: the model's logit for code ${v} is ${x}: its weights may have diverged`);
+  }
   let kept: Int32Array | null = null;
   if (settings.topK > 0 && settings.topK < V) kept = firstByValue(z, allCodes(V), settings.topK, sortedValues(z, null));
   let max = -Infinity;
