@@ -63,38 +63,36 @@ export function guidedLogits(cond: ArrayLike<number>, uncond: ArrayLike<number> 
 }
 
 /**
- * The first n of `codes` (ascending) in the order value descending, ties by code ascending,
- * returned in ascending code order. Sorting the values alone (a native numeric sort, no
- * comparator) finds the n-th largest value t; the result is every code above t and the smallest
- * codes equal to t, which is exactly that prefix.
+ * The first n of `codes` (ascending; null: every code of `values`) in the order value descending,
+ * ties by code ascending, returned in ascending code order. `sorted` holds the same codes' values
+ * ascending (a native numeric sort, no comparator), so the n-th largest value t and how many of
+ * the n equal t can be read from it; the result is every code above t and the smallest codes
+ * equal to t, which is exactly that prefix.
  */
-function firstByValue(values: Float64Array, codes: Int32Array, n: number, sorted: Float64Array): Int32Array {
-  const t = sorted[sorted.length - n]!;
-  let above = 0;
-  for (const v of codes) if (values[v]! > t) above++;
-  let ties = n - above;
+function firstByValue(values: Float64Array, codes: Int32Array | null, n: number, sorted: Float64Array): Int32Array {
+  const first = sorted.length - n;
+  const t = sorted[first]!;
+  let end = first;
+  while (end < sorted.length && sorted[end] === t) end++;
+  let ties = end - first;
   const out = new Int32Array(n);
   let i = 0;
-  for (const v of codes) {
+  const count = codes ? codes.length : values.length;
+  for (let j = 0; j < count; j++) {
+    const v = codes ? codes[j]! : j;
     const x = values[v]!;
     if (x > t || (x === t && ties-- > 0)) out[i++] = v;
   }
   return out;
 }
 
-/** The values of `codes`, sorted ascending. */
+/** The values of `codes` (null: all of them), sorted ascending. */
 function sortedValues(values: Float64Array, codes: Int32Array | null): Float64Array {
   if (!codes) return values.slice().sort();
   const out = new Float64Array(codes.length);
   codes.forEach((v, i) => (out[i] = values[v]!));
   return out.sort();
 }
-
-const allCodes = (V: number) => {
-  const codes = new Int32Array(V);
-  for (let v = 0; v < V; v++) codes[v] = v;
-  return codes;
-};
 
 /**
  * Chooses a code from float64 logits `z` (modified in place: divided by the temperature) with the
@@ -110,7 +108,7 @@ export function chooseToken(z: Float64Array, settings: TokenChoiceSettings, u: n
     if (x !== x || x === Infinity) throw new PartiError('checkpoint', `sampler: the model's logit for code ${v} is ${x}: its weights may have diverged`);
   }
   let kept: Int32Array | null = null;
-  if (settings.topK > 0 && settings.topK < V) kept = firstByValue(z, allCodes(V), settings.topK, sortedValues(z, null));
+  if (settings.topK > 0 && settings.topK < V) kept = firstByValue(z, null, settings.topK, sortedValues(z, null));
   let max = -Infinity;
   if (kept) for (const v of kept) max = Math.max(max, z[v]!);
   else for (let v = 0; v < V; v++) max = Math.max(max, z[v]!);
@@ -129,7 +127,7 @@ export function chooseToken(z: Float64Array, settings: TokenChoiceSettings, u: n
       n++;
       if (acc >= goal) break;
     }
-    kept = firstByValue(w, kept ?? allCodes(V), n, sorted);
+    kept = firstByValue(w, kept, n, sorted);
     total = 0;
     for (const v of kept) total += w[v]!;
   }
